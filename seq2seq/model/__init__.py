@@ -1,0 +1,16 @@
+"""The translation model in plain PyTorch: no Lightning, no I/O."""
+
+from seq2seq.model.attention import BahdanauAttention
+from seq2seq.model.decoder import DecoderLSTM, DecoderState, EncoderMemory
+from seq2seq.model.encoder import EncoderLSTM
+from seq2seq.model.seq2seq import ModelConfig, Seq2Seq
+
+__all__ = [
+    "BahdanauAttention",
+    "DecoderLSTM",
+    "DecoderState",
+    "EncoderLSTM",
+    "EncoderMemory",
+    "ModelConfig",
+    "Seq2Seq",
+]
