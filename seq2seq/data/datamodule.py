@@ -1,0 +1,157 @@
+"""`TranslationDataModule`: corpus -> SentencePiece ids -> length-bucketed token batches."""
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from seq2seq.data.batching import TokenBatchSampler, collate
+from seq2seq.data.corpus import length_filter, load_corpus
+from seq2seq.data.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+BUNDLED_MULTI30K = Path(__file__).resolve().parents[2] / "data" / "multi30k"
+
+
+class TranslationDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        hf_dataset: str | None = None,
+        hf_config: str | None = None,
+        src_lang: str = "de",
+        tgt_lang: str = "en",
+        train_split: str = "train",
+        val_split: str = "val",
+        vocab_size: int = 8000,
+        joint_vocab: bool = True,
+        spm_model_type: str = "unigram",
+        max_tokens: int = 4000,
+        max_len: int = 100,
+        max_ratio: float = 3.0,
+        train_lines: int | None = None,
+        val_lines: int | None = None,
+        seed: int = 1234,
+        num_workers: int = 0,
+    ):
+        """
+        Args:
+            data_dir: folder with `<split>.<lang>[.gz]` files, or a .jsonl/.tsv file; default:
+                the Multi30k copy bundled with the repository.
+            hf_dataset: a Hugging Face hub dataset name, used instead of `data_dir`
+                (e.g. `bentrevett/multi30k`, or `wmt14` with `hf_config: de-en`).
+            vocab_size: SentencePiece vocabulary size (one joint model when `joint_vocab`).
+            max_tokens: token budget of a training batch, padding included.
+            max_len, max_ratio: training pairs longer than `max_len` pieces on either side,
+                or with a length ratio above `max_ratio`, are dropped (and counted).
+            train_lines, val_lines: use only the first N lines of a split (quick runs, tests).
+        """
+        super().__init__()
+        for key in ("vocab_size", "max_tokens", "max_len"):
+            if locals()[key] <= 0:
+                raise ValueError(f"data.{key} must be > 0, got {locals()[key]}")
+        if max_tokens < max_len + 1:
+            raise ValueError(
+                f"data.max_tokens ({max_tokens}) is smaller than the longest allowed sentence "
+                f"(data.max_len + 1 = {max_len + 1})"
+            )
+        self.save_hyperparameters()
+        self.source = hf_dataset or data_dir or str(BUNDLED_MULTI30K)
+        self.src_tokenizer: Tokenizer | None = None
+        self.tgt_tokenizer: Tokenizer | None = None
+        self._sampler_state: dict | None = None
+
+    def _load(self, split: str, lines: int | None):
+        hp = self.hparams
+        corpus = load_corpus(self.source, split, hp.src_lang, hp.tgt_lang, hub_config=hp.hf_config)
+        if lines is not None:
+            corpus = corpus.select(range(min(lines, len(corpus))))
+        return corpus
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.src_tokenizer is not None:
+            return
+        hp = self.hparams
+        train = self._load(hp.train_split, hp.train_lines)
+        val = self._load(hp.val_split, hp.val_lines)
+        # SentencePiece training is deterministic, so every DDP rank builds the same model.
+        if hp.joint_vocab:
+            self.src_tokenizer = self.tgt_tokenizer = Tokenizer.train(
+                train["src"] + train["tgt"], hp.vocab_size, hp.spm_model_type
+            )
+        else:
+            self.src_tokenizer = Tokenizer.train(train["src"], hp.vocab_size, hp.spm_model_type)
+            self.tgt_tokenizer = Tokenizer.train(train["tgt"], hp.vocab_size, hp.spm_model_type)
+        self.train_examples = self._tokenize(train, hp.max_len, hp.max_ratio)
+        self.val_examples = self._tokenize(val)
+        self.val_sources: list[str] = val["src"]
+        self.val_references: list[str] = val["tgt"]
+        log.info(
+            "data: %d training pairs, %d validation pairs, vocabulary %d / %d",
+            len(self.train_examples),
+            len(self.val_examples),
+            self.src_tokenizer.vocab_size,
+            self.tgt_tokenizer.vocab_size,
+        )
+
+    def _tokenize(self, corpus, max_len: int | None = None, max_ratio: float | None = None):
+        """-> examples [(index, src_ids, tgt_ids)], optionally length-filtered (indices kept)."""
+        src_tok, tgt_tok = self.src_tokenizer, self.tgt_tokenizer
+        ids = corpus.map(
+            lambda b: {"src_ids": src_tok.encode(b["src"]), "tgt_ids": tgt_tok.encode(b["tgt"])},
+            batched=True,
+            remove_columns=corpus.column_names,
+        )
+        src_ids, tgt_ids = ids["src_ids"], ids["tgt_ids"]
+        keep = (
+            range(len(src_ids))
+            if max_len is None
+            else length_filter(src_ids, tgt_ids, max_len, max_ratio)
+        )
+        return [(i, src_ids[i], tgt_ids[i]) for i in keep]
+
+    def _loader(self, examples, shuffle: bool, max_tokens: int) -> DataLoader:
+        trainer = self.trainer
+        sampler = TokenBatchSampler(
+            [len(s) for _, s, _ in examples],
+            [len(t) for _, _, t in examples],
+            max_tokens=max_tokens,
+            shuffle=shuffle,
+            seed=self.hparams.seed,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+        )
+        return DataLoader(
+            examples,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        loader = self._loader(self.train_examples, True, self.hparams.max_tokens)
+        if self._sampler_state is not None:
+            loader.batch_sampler.load_state_dict(self._sampler_state)
+            self._sampler_state = None
+        self._train_sampler = loader.batch_sampler
+        return loader
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_examples, False, self.hparams.max_tokens)
+
+    def state_dict(self) -> dict:
+        """The training sampler's place in its epoch, for exact resume."""
+        sampler = getattr(self, "_train_sampler", None)
+        if sampler is None or self.trainer is None:
+            return {}
+        # Batches whose training step has run in this epoch; Lightning's own `completed`
+        # counter lags by one while on_train_batch_end checkpoints are written.
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": sampler.epoch, "start_batch": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._sampler_state = state or None
+
