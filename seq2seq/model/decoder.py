@@ -122,8 +122,10 @@ class DecoderLSTM(nn.Module):
         embedded, emb_gates = self._embed(tgt_in)  # (B, T, E), (B, T, 4H)
         h, c = list(state.h.unbind(0)), list(state.c.unbind(0))
         tops, contexts = [], []
-        for t in range(tgt_in.size(1)):
-            h, c, context, _ = self._step(emb_gates[:, t], h, c, memory)
+        # unbind, not emb_gates[:, t]: indexing would make backward build and sum T full-size
+        # gradient tensors, one per step.
+        for emb_gates_t in emb_gates.unbind(1):
+            h, c, context, _ = self._step(emb_gates_t, h, c, memory)
             tops.append(h[-1])
             contexts.append(context)
         top = torch.stack(tops, dim=1)  # (B, T, H)
