@@ -1,0 +1,112 @@
+"""SentencePiece subwords with the fixed special ids that batches and the model rely on.
+
+The model lives in memory as its serialized bytes (`model_proto`), so a checkpoint can carry
+its tokenizer and no file path has to line up between training and translation.
+"""
+
+import io
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+class Tokenizer:
+    def __init__(self, model_proto: bytes):
+        if not model_proto:  # SentencePiece would accept it and fail later, on first use
+            raise ValueError("empty SentencePiece model")
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        except RuntimeError:
+            raise ValueError("not a SentencePiece model (the bytes do not parse)") from None
+        ids = (self._sp.pad_id(), self._sp.unk_id(), self._sp.bos_id(), self._sp.eos_id())
+        if ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+            raise ValueError(
+                f"SentencePiece model has pad/unk/bos/eos ids {ids}; "
+                f"seq2seq needs {(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}"
+            )
+        self._model_proto = bytes(model_proto)
+
+    @classmethod
+    def train(
+        cls,
+        sentences: Iterable[str],
+        vocab_size: int = 8000,
+        model_type: str = "unigram",
+        character_coverage: float = 1.0,
+        byte_fallback: bool = True,
+    ) -> "Tokenizer":
+        """Train in memory on already-cleaned sentences (one vocabulary for both languages
+        when given both sides)."""
+        model = io.BytesIO()
+        # Sampling the input (corpora above input_sentence_size) is the only randomness in
+        # training; a fixed seed makes the same sentences give the same model bytes.
+        spm.set_random_generator_seed(0)
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(sentences),
+                model_writer=model,
+                vocab_size=vocab_size,
+                model_type=model_type,
+                character_coverage=character_coverage,
+                byte_fallback=byte_fallback,
+                pad_id=PAD_ID,
+                unk_id=UNK_ID,
+                bos_id=BOS_ID,
+                eos_id=EOS_ID,
+                # corpus.clean already normalized to NFC; the default NFKC would rewrite some
+                # characters (e.g. "½" -> "1⁄2") and decode(encode(x)) would no longer give x.
+                normalization_rule_name="identity",
+                hard_vocab_limit=False,  # a small corpus gets fewer pieces instead of an error
+                input_sentence_size=2_000_000,
+                shuffle_input_sentence=True,
+                num_threads=2,
+                minloglevel=2,
+            )
+        except RuntimeError as e:
+            reason = " ".join(str(e).split())  # e.g. vocab_size below the character count
+            raise ValueError(f"SentencePiece training failed: {reason}") from None
+        return cls(model.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Tokenizer":
+        return cls(Path(path).read_bytes())
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_bytes(self._model_proto)
+
+    @property
+    def model_proto(self) -> bytes:
+        return self._model_proto
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Piece ids per text, without BOS/EOS (batching adds those)."""
+        return self._sp.encode(list(texts), out_type=int)
+
+    def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
+        """Text per id sequence; stops at the first EOS and skips PAD and BOS.
+
+        Rows may be tensors: search output can be decoded without conversion.
+        """
+        texts = []
+        for row in ids:
+            row = [int(i) for i in row]
+            if EOS_ID in row:
+                row = row[: row.index(EOS_ID)]
+            texts.append(self._sp.decode([i for i in row if i not in (PAD_ID, BOS_ID)]))
+        return texts
+
+    def pieces(self, ids: Sequence[int]) -> list[str]:
+        """Piece strings, e.g. for the axis labels of an attention plot."""
+        return [self._sp.id_to_piece(int(i)) for i in ids]
+
+    def __reduce__(self):
+        # Pickle as the model bytes: DataLoader workers and the cache fingerprint of
+        # `datasets.map` both pickle the tokenizer, and the bytes are small and deterministic.
+        return type(self), (self._model_proto,)
