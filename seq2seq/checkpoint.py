@@ -1,0 +1,175 @@
+"""Self-contained checkpoints: weights, model config and both SentencePiece models in one file.
+
+Layout (a Lightning checkpoint written by training has the same two keys plus its own):
+    {"state_dict": {"model.<param>": tensor, ...},
+     "seq2seq": {"format": 1, "model_config": {...}, "src_spm": bytes, "tgt_spm": bytes,
+                 "src_lang": str, "tgt_lang": str}}
+
+Loading uses `torch.load(..., weights_only=True)` only: a checkpoint is data, never code.
+"""
+
+import dataclasses
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from seq2seq.data.tokenizer import Tokenizer
+from seq2seq.model import ModelConfig, Seq2Seq
+
+FORMAT = 1
+PREFIX = "model."  # where the LightningModule keeps the Seq2Seq, so both layouts agree
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is one line naming the file."""
+
+
+class LoadedModel(NamedTuple):
+    model: Seq2Seq  # in eval mode
+    src_tokenizer: Tokenizer
+    tgt_tokenizer: Tokenizer
+    src_lang: str
+    tgt_lang: str
+
+
+def make_payload(
+    model: Seq2Seq,
+    src_tokenizer: Tokenizer,
+    tgt_tokenizer: Tokenizer,
+    src_lang: str,
+    tgt_lang: str,
+) -> dict:
+    """Everything besides the weights that translation needs; stored under key "seq2seq"."""
+    return {
+        "format": FORMAT,
+        "model_config": dataclasses.asdict(model.config),
+        "src_spm": src_tokenizer.model_proto,
+        "tgt_spm": tgt_tokenizer.model_proto,
+        "src_lang": src_lang,
+        "tgt_lang": tgt_lang,
+    }
+
+
+def save_model(
+    path: str | os.PathLike,
+    model: Seq2Seq,
+    src_tokenizer: Tokenizer,
+    tgt_tokenizer: Tokenizer,
+    src_lang: str,
+    tgt_lang: str,
+) -> None:
+    """Write a checkpoint atomically: a crash leaves the old file or the new one, never half."""
+    path = Path(path)
+    checkpoint = {
+        "state_dict": {PREFIX + name: t for name, t in model.state_dict().items()},
+        "seq2seq": make_payload(model, src_tokenizer, tgt_tokenizer, src_lang, tgt_lang),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _first_line(error: BaseException, limit: int = 160) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _read(path: Path, map_location) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickle-protocol chatter; errors still raise
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        # weights_only names the global it blocked; anything else it cannot read is damage.
+        blocked = [line for line in str(e).splitlines() if "unsupported global" in line.lower()]
+        if blocked:
+            raise CheckpointError(
+                f"refusing to load {path}: it contains objects other than tensors and plain "
+                f"data ({blocked[0].strip()})"
+            ) from None
+        raise CheckpointError(
+            f"cannot load {path}: the file is truncated or corrupted ({_first_line(e)})"
+        ) from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("seq2seq"), dict):
+        raise CheckpointError(f"{path}: not a seq2seq checkpoint (no 'seq2seq' entry)")
+    return checkpoint
+
+
+def _tokenizer(path: Path, meta: dict, side: str, vocab_size: int) -> Tokenizer:
+    try:
+        tokenizer = Tokenizer(meta[f"{side}_spm"])
+    except Exception as e:
+        raise CheckpointError(
+            f"{path}: bad {side} SentencePiece model ({_first_line(e)})"
+        ) from None
+    if tokenizer.vocab_size != vocab_size:
+        raise CheckpointError(
+            f"{path}: the {side} tokenizer has {tokenizer.vocab_size} pieces but the model "
+            f"expects {vocab_size}"
+        )
+    return tokenizer
+
+
+def _load_weights(path: Path, model: Seq2Seq, state_dict: dict) -> None:
+    weights = {k[len(PREFIX) :]: v for k, v in state_dict.items() if k.startswith(PREFIX)}
+    expected = model.state_dict()
+    missing = sorted(expected.keys() - weights.keys())
+    unexpected = sorted(weights.keys() - expected.keys())
+    mismatched = sorted(
+        k
+        for k in expected.keys() & weights.keys()
+        if not isinstance(weights[k], torch.Tensor) or weights[k].shape != expected[k].shape
+    )
+    if missing or unexpected or mismatched:
+        problems = [
+            f"{label} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+            for label, names in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("wrong shape", mismatched),
+            )
+            if names
+        ]
+        raise CheckpointError(
+            f"{path}: weights do not match the model config: {'; '.join(problems)}"
+        )
+    model.load_state_dict(weights)
+
+
+def load_model(path: str | os.PathLike, map_location="cpu") -> LoadedModel:
+    """Load a checkpoint written by `save_model` or by training; every failure is one line."""
+    path = Path(path)
+    checkpoint = _read(path, map_location)
+    meta = checkpoint["seq2seq"]
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
+    try:
+        config = ModelConfig(**meta["model_config"])
+        src_lang, tgt_lang = str(meta["src_lang"]), str(meta["tgt_lang"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad model config ({_first_line(e)})") from None
+    src_tokenizer = _tokenizer(path, meta, "src", config.src_vocab_size)
+    tgt_tokenizer = _tokenizer(path, meta, "tgt", config.tgt_vocab_size)
+    state_dict = checkpoint.get("state_dict")
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{path}: no 'state_dict' entry")
+    model = Seq2Seq(config)
+    _load_weights(path, model, state_dict)
+    if isinstance(map_location, (str, torch.device)):
+        model.to(map_location)
+    return LoadedModel(model.eval(), src_tokenizer, tgt_tokenizer, src_lang, tgt_lang)

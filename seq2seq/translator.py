@@ -1,0 +1,114 @@
+"""Text in, translations out: cleaning, SentencePiece, length-sorted batches, search."""
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from seq2seq.checkpoint import load_model
+from seq2seq.data.corpus import clean
+from seq2seq.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
+from seq2seq.model import Seq2Seq
+from seq2seq.search import Hypothesis, beam_search, greedy_search
+
+
+@dataclass
+class TranslationResult:
+    text: str  # detokenized
+    score: float  # the search's ranking score (see search.Hypothesis)
+    tokens: list[int]  # output ids, no BOS, no EOS
+    token_log_probs: list[float]  # one per output token, EOS included
+    attention: torch.Tensor  # (len(tgt_pieces), len(src_pieces)) float32 on the CPU
+    src_pieces: list[str]  # the source the model read, EOS included
+    tgt_pieces: list[str]  # the output, EOS included
+    truncated: bool = False  # the source was cut to max_src_len pieces
+
+
+def empty_result() -> TranslationResult:
+    """What an empty input translates to, without asking the model."""
+    return TranslationResult("", 0.0, [], [], torch.zeros(0, 0), [], [])
+
+
+def source_batch(
+    ids: list[list[int]], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Piece ids (no EOS) -> src (B, S) with EOS appended and PAD after it, src_lengths (B,)."""
+    lengths = [len(x) + 1 for x in ids]
+    src = torch.full((len(ids), max(lengths)), PAD_ID, dtype=torch.long)  # (B, S)
+    for row, x in enumerate(ids):
+        src[row, : len(x) + 1] = torch.tensor(x + [EOS_ID])
+    return src.to(device), torch.tensor(lengths).to(device)
+
+
+class Translator:
+    def __init__(
+        self,
+        model: Seq2Seq,
+        src_tokenizer: Tokenizer,
+        tgt_tokenizer: Tokenizer,
+        device: torch.device | str = "cpu",
+    ):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.src_tokenizer = src_tokenizer
+        self.tgt_tokenizer = tgt_tokenizer
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, device: torch.device | str = "cpu"
+    ) -> "Translator":
+        """Raises checkpoint.CheckpointError (one line) for a file that cannot be used."""
+        loaded = load_model(path, map_location="cpu")
+        return cls(loaded.model, loaded.src_tokenizer, loaded.tgt_tokenizer, device)
+
+    def translate(
+        self,
+        texts: list[str],
+        beam_size: int = 5,
+        nbest: int = 1,
+        length_penalty: float = 1.0,
+        max_len_a: float = 1.5,
+        max_len_b: float = 10,
+        batch_size: int = 64,
+        max_src_len: int = 250,
+    ) -> list[list[TranslationResult]]:
+        """The nbest translations of each text, best first, in input order.
+
+        An empty text (after cleaning) gets one empty result and never reaches the model.
+        """
+        if beam_size < 1 or batch_size < 1 or max_src_len < 1:
+            raise ValueError("beam_size, batch_size and max_src_len must be >= 1")
+        if not 1 <= nbest <= beam_size:
+            raise ValueError(f"need 1 <= nbest <= beam_size, got {nbest} and {beam_size}")
+        ids = self.src_tokenizer.encode([clean(t) for t in texts])
+        results: list[list[TranslationResult]] = [[empty_result()] for _ in texts]
+        # Similar lengths share a batch, so little of it is padding; longest first, so that a
+        # batch too large for memory fails at once rather than at the end.
+        order = sorted((i for i, x in enumerate(ids) if x), key=lambda i: -len(ids[i]))
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            src_ids = [ids[i][:max_src_len] for i in batch]
+            src, src_lengths = source_batch(src_ids, self.device)
+            limits = dict(max_len_a=max_len_a, max_len_b=max_len_b, length_penalty=length_penalty)
+            if beam_size == 1:
+                nbests = [[h] for h in greedy_search(self.model, src, src_lengths, **limits)]
+            else:
+                nbests = beam_search(
+                    self.model, src, src_lengths, beam_size=beam_size, nbest=nbest, **limits
+                )
+            for i, source, hyps in zip(batch, src_ids, nbests, strict=True):
+                truncated = len(ids[i]) > max_src_len
+                results[i] = [self._result(h, source, truncated) for h in hyps]
+        return results
+
+    def _result(self, hyp: Hypothesis, source: list[int], truncated: bool) -> TranslationResult:
+        return TranslationResult(
+            text=self.tgt_tokenizer.decode([hyp.tokens])[0],
+            score=hyp.score,
+            tokens=hyp.tokens,
+            token_log_probs=hyp.token_log_probs,
+            attention=hyp.attention,
+            src_pieces=self.src_tokenizer.pieces(source + [EOS_ID]),
+            tgt_pieces=self.tgt_tokenizer.pieces(hyp.tokens + [EOS_ID]),
+            truncated=truncated,
+        )
