@@ -26,15 +26,16 @@ class TrainCLI(LightningCLI):
         )
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if not any(a == "--config" or a.startswith("--config=") for a in argv):
-        argv = ["--config", str(DEFAULT_CONFIG), *argv]
+def main(args: list[str] | None = None) -> None:
+    """`args` replaces the command line (for calls from Python)."""
+    given = sys.argv[1:] if args is None else args
+    has_config = any(a == "--config" or a.startswith("--config=") for a in given)
     cli = TrainCLI(
         TranslationModule,
         TranslationDataModule,
-        args=argv,
+        args=args,
         run=False,
+        parser_kwargs={} if has_config else {"default_config_files": [str(DEFAULT_CONFIG)]},
         save_config_kwargs={"overwrite": True},
     )
     ckpt_path = cli.config.ckpt_path

@@ -1,7 +1,12 @@
 """Side effects of training that a user watches: sample translations and attention heatmaps."""
 
+import os
+from pathlib import Path
+
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from seq2seq.data.batching import collate
 from seq2seq.plotting import attention_figure
@@ -45,3 +50,50 @@ class TranslationSamples(L.Callback):
             )
             experiment.add_figure(f"attention/{k}", figure, trainer.global_step, close=True)
         experiment.add_text("val/samples", "\n".join(rows), trainer.global_step)
+
+
+class LastCheckpoint(Checkpoint):
+    """Keeps `last.ckpt` current, so that a killed run loses little: every `every_n_steps`
+    optimizer steps, after each validation, at the end, and on SIGTERM or Ctrl-C. Each save
+    goes to a temporary file that is then renamed, so a crash mid-save leaves the previous
+    `last.ckpt` intact. Being a `Checkpoint`, Lightning runs it after the callbacks it lists
+    earlier, so the best-checkpoint bookkeeping it stores is already updated."""
+
+    def __init__(self, every_n_steps: int = 500):
+        if every_n_steps <= 0:
+            raise ValueError(f"LastCheckpoint.every_n_steps must be > 0, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self._saved_step = -1
+
+    @staticmethod
+    def path(trainer: L.Trainer) -> Path:
+        """Beside the best checkpoints: ModelCheckpoint's folder, else <log_dir>/checkpoints."""
+        for callback in trainer.checkpoint_callbacks:
+            if getattr(callback, "dirpath", None):
+                return Path(callback.dirpath)
+        return Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
+
+    def save(self, trainer: L.Trainer) -> None:
+        if trainer.global_step == self._saved_step or trainer.sanity_checking:
+            return
+        final = self.path(trainer) / "last.ckpt"
+        partial = final.with_name("last.ckpt.partial")
+        trainer.save_checkpoint(partial)  # every rank takes part; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(partial, final)
+        trainer.strategy.barrier("last_checkpoint")
+        self._saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self.save(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.save(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt | SIGTERMException):
+            self.save(trainer)

@@ -154,6 +154,9 @@ class TranslationModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._last_step_end = None
 
+    def on_validation_start(self) -> None:
+        self._last_step_end = None  # validation time is not training time
+
     def on_before_optimizer_step(self, optimizer) -> None:
         norms = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
         self.log("train/grad_norm", torch.stack(norms).norm())

@@ -79,15 +79,15 @@ class TranslationDataModule(L.LightningDataModule):
         # SentencePiece training is deterministic, so every DDP rank builds the same model.
         if hp.joint_vocab:
             self.src_tokenizer = self.tgt_tokenizer = Tokenizer.train(
-                train["src"] + train["tgt"], hp.vocab_size, hp.spm_model_type
+                [*train["src"], *train["tgt"]], hp.vocab_size, hp.spm_model_type
             )
         else:
             self.src_tokenizer = Tokenizer.train(train["src"], hp.vocab_size, hp.spm_model_type)
             self.tgt_tokenizer = Tokenizer.train(train["tgt"], hp.vocab_size, hp.spm_model_type)
         self.train_examples = self._tokenize(train, hp.max_len, hp.max_ratio)
         self.val_examples = self._tokenize(val)
-        self.val_sources: list[str] = val["src"]
-        self.val_references: list[str] = val["tgt"]
+        self.val_sources: list[str] = list(val["src"])
+        self.val_references: list[str] = list(val["tgt"])
         log.info(
             "data: %d training pairs, %d validation pairs, vocabulary %d / %d",
             len(self.train_examples),
@@ -104,7 +104,8 @@ class TranslationDataModule(L.LightningDataModule):
             batched=True,
             remove_columns=corpus.column_names,
         )
-        src_ids, tgt_ids = ids["src_ids"], ids["tgt_ids"]
+        columns = ids.to_dict()
+        src_ids, tgt_ids = columns["src_ids"], columns["tgt_ids"]
         keep = (
             range(len(src_ids))
             if max_len is None
