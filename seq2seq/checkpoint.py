@@ -81,15 +81,23 @@ def save_model(
         raise
 
 
-def _first_line(error: BaseException, limit: int = 160) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = lines[0] if lines else type(error).__name__
+# Lines of torch.load's messages that say nothing about this file.
+_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _reason(error: BaseException, limit: int = 160) -> str:
+    """The informative first sentence of an exception, prefixed with its type."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line and not line.startswith(_BOILERPLATE)]
+    text = f"{type(error).__name__}: {lines[0].split('. ')[0]}" if lines else type(error).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _read(path: Path, map_location) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"cannot load {path}: the file is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pickle-protocol chatter; errors still raise
@@ -103,7 +111,8 @@ def _read(path: Path, map_location) -> dict:
                 f"data ({blocked[0].strip()})"
             ) from None
         raise CheckpointError(
-            f"cannot load {path}: the file is truncated or corrupted ({_first_line(e)})"
+            f"cannot load {path}: not a readable PyTorch file, truncated or corrupted "
+            f"({_reason(e)})"
         ) from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("seq2seq"), dict):
         raise CheckpointError(f"{path}: not a seq2seq checkpoint (no 'seq2seq' entry)")
@@ -115,7 +124,7 @@ def _tokenizer(path: Path, meta: dict, side: str, vocab_size: int) -> Tokenizer:
         tokenizer = Tokenizer(meta[f"{side}_spm"])
     except Exception as e:
         raise CheckpointError(
-            f"{path}: bad {side} SentencePiece model ({_first_line(e)})"
+            f"{path}: bad {side} SentencePiece model ({_reason(e)})"
         ) from None
     if tokenizer.vocab_size != vocab_size:
         raise CheckpointError(
@@ -162,7 +171,7 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> LoadedModel:
         config = ModelConfig(**meta["model_config"])
         src_lang, tgt_lang = str(meta["src_lang"]), str(meta["tgt_lang"])
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: bad model config ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: bad model config ({_reason(e)})") from None
     src_tokenizer = _tokenizer(path, meta, "src", config.src_vocab_size)
     tgt_tokenizer = _tokenizer(path, meta, "tgt", config.tgt_vocab_size)
     state_dict = checkpoint.get("state_dict")

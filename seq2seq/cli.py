@@ -1,0 +1,254 @@
+"""`translate`: one output line per input line, in order, always.
+
+    translate -m model.ckpt < input.de > output.en
+    translate -m model.ckpt -i test.de.gz -o test.en --beam-size 5
+    translate -m model.ckpt            # type a sentence, get its translation
+
+From a pipe or a terminal, lines are translated as they arrive (whatever a read returns is one
+group), so the command works interactively and inside other programs' pipelines. A file (-i, or
+stdin redirected from a file) is read whole and batched by length, with a progress bar.
+
+A line's problems (invalid UTF-8, too long, an exception while translating it) are warnings on
+stderr naming the line; its output line is still written, empty if nothing better exists.
+"""
+
+import argparse
+import codecs
+import gzip
+import os
+import stat
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from tqdm import tqdm
+
+from seq2seq.checkpoint import CheckpointError
+from seq2seq.plotting import save_attention_png
+from seq2seq.translator import TranslationResult, Translator, empty_result
+
+READ_SIZE = 1 << 16  # bytes per read from a pipe; a terminal returns one line per read
+FILE_CHUNK_BATCHES = 16  # batches per chunk of a file: length-sorting needs many sentences
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="translate",
+        description="Translate text line by line with a seq2seq checkpoint.",
+    )
+    parser.add_argument(
+        "-m",
+        "--model",
+        action="append",  # repeatable, for ensembles later
+        required=True,
+        metavar="CKPT",
+        help="checkpoint written by training or by checkpoint.save_model",
+    )
+    parser.add_argument("-i", "--input", type=Path, help="input file (plain or .gz); default stdin")
+    parser.add_argument("-o", "--output", type=Path, help="output file; default stdout")
+    parser.add_argument("--beam-size", type=_positive_int, default=5, help="1 = greedy")
+    parser.add_argument("--nbest", type=_positive_int, default=1, help="lines per input line")
+    parser.add_argument(
+        "--nbest-format",
+        choices=("plain", "tsv"),
+        default="plain",
+        help="tsv: input_index<TAB>score<TAB>text, index counted from 0",
+    )
+    parser.add_argument("--scores", action="store_true", help="prefix each line with score<TAB>")
+    parser.add_argument("--length-penalty", type=float, default=1.0, help="GNMT alpha")
+    parser.add_argument("--max-len-a", type=float, default=1.5, help="max output: a*src_len+b")
+    parser.add_argument("--max-len-b", type=float, default=10)
+    parser.add_argument(
+        "--max-src-len",
+        type=_positive_int,
+        default=250,
+        help="longer inputs are cut to this many pieces (with a warning)",
+    )
+    parser.add_argument("--batch-size", type=_positive_int, default=64, help="sentences")
+    parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:1")
+    parser.add_argument(
+        "--plot-attention",
+        type=Path,
+        metavar="DIR",
+        help="write DIR/000001.png, ...: the best translation's attention per input line",
+    )
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"translate: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _warn(message: str) -> None:
+    tqdm.write(f"translate: warning: {message}", file=sys.stderr)
+
+
+def _file_lines(data: bytes) -> list[bytes]:
+    lines = data.split(b"\n")
+    if lines[-1] == b"":  # the last newline ends the last line rather than starting one
+        lines.pop()
+    return lines
+
+
+def _stream_groups(fd: int) -> Iterator[list[bytes]]:
+    """Complete lines as they arrive, grouped by what one read returned."""
+    pending = b""
+    while chunk := os.read(fd, READ_SIZE):
+        *lines, pending = (pending + chunk).split(b"\n")
+        if lines:
+            yield lines
+    if pending:
+        yield [pending]
+
+
+def _decode(raw: bytes, lineno: int) -> str:
+    if lineno == 1:
+        raw = raw.removeprefix(codecs.BOM_UTF8)
+    raw = raw.removesuffix(b"\r")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        _warn(f"line {lineno}: invalid UTF-8 bytes replaced with U+FFFD")
+        return raw.decode("utf-8", errors="replace")
+
+
+class LineTranslator:
+    """Turns numbered input lines into output lines, warning about each line's problems."""
+
+    def __init__(self, translator: Translator, args: argparse.Namespace, out: BinaryIO):
+        self.translator = translator
+        self.args = args
+        self.out = out
+        self.failed = 0
+        self.options = dict(
+            beam_size=args.beam_size,
+            nbest=args.nbest,
+            length_penalty=args.length_penalty,
+            max_len_a=args.max_len_a,
+            max_len_b=args.max_len_b,
+            batch_size=args.batch_size,
+            max_src_len=args.max_src_len,
+        )
+
+    def __call__(self, lines: list[bytes], first_lineno: int) -> None:
+        """Translate, write and flush lines numbered first_lineno, first_lineno + 1, ..."""
+        linenos = range(first_lineno, first_lineno + len(lines))
+        texts = [_decode(raw, n) for raw, n in zip(lines, linenos, strict=True)]
+        try:
+            results = self.translator.translate(texts, **self.options)
+        except Exception:
+            # Find the line that fails; every other line still gets its translation.
+            results = [self._one(text, n) for text, n in zip(texts, linenos, strict=True)]
+        output = []
+        for n, nbest in zip(linenos, results, strict=True):
+            if nbest[0].truncated:
+                _warn(
+                    f"line {n}: longer than {self.args.max_src_len} pieces; "
+                    "only the beginning was translated"
+                )
+            if self.args.plot_attention and nbest[0].src_pieces:
+                self._plot(n, nbest[0])
+            output += self._format(n - 1, nbest)
+        self.out.write("".join(line + "\n" for line in output).encode("utf-8"))
+        self.out.flush()
+
+    def _one(self, text: str, lineno: int) -> list[TranslationResult]:
+        try:
+            return self.translator.translate([text], **self.options)[0]
+        except Exception as e:
+            self.failed += 1
+            reason = (str(e).splitlines() or [""])[0]
+            _warn(f"line {lineno}: translation failed ({type(e).__name__}: {reason}); empty line")
+            return [empty_result()]
+
+    def _plot(self, lineno: int, result: TranslationResult) -> None:
+        path = self.args.plot_attention / f"{lineno:06d}.png"
+        try:
+            save_attention_png(path, result.src_pieces, result.tgt_pieces, result.attention)
+        except Exception as e:
+            _warn(f"line {lineno}: could not plot attention to {path} ({e})")
+
+    def _format(self, index: int, nbest: list[TranslationResult]) -> list[str]:
+        nbest = nbest + [empty_result()] * (self.args.nbest - len(nbest))
+        lines = []
+        for result in nbest:
+            text = " ".join(result.text.splitlines())  # a decoded newline must not split a line
+            if self.args.nbest_format == "tsv":
+                lines.append(f"{index}\t{result.score:.4f}\t{text}")
+            elif self.args.scores:
+                lines.append(f"{result.score:.4f}\t{text}")
+            else:
+                lines.append(text)
+        return lines
+
+
+def _run(args: argparse.Namespace, translator: Translator, out: BinaryIO) -> int:
+    translate = LineTranslator(translator, args, out)
+    stdin_is_file = stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode)
+    if args.input or stdin_is_file:
+        if args.input:
+            opener = gzip.open if args.input.suffix == ".gz" else open
+            with opener(args.input, "rb") as f:
+                lines = _file_lines(f.read())
+        else:
+            lines = _file_lines(sys.stdin.buffer.read())
+        chunk = args.batch_size * FILE_CHUNK_BATCHES
+        with tqdm(total=len(lines), unit="line", file=sys.stderr, disable=None) as progress:
+            for start in range(0, len(lines), chunk):
+                translate(lines[start : start + chunk], start + 1)
+                progress.update(min(chunk, len(lines) - start))
+    else:
+        if sys.stdin.isatty():
+            print("translate: one sentence per line; Ctrl-D ends", file=sys.stderr)
+        lineno = 1
+        for group in _stream_groups(sys.stdin.fileno()):
+            for start in range(0, len(group), args.batch_size):
+                translate(group[start : start + args.batch_size], lineno + start)
+            lineno += len(group)
+    return 1 if translate.failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if len(args.model) > 1:
+        parser.error("ensembles are not supported yet: give -m/--model once")
+    if args.nbest > args.beam_size:
+        parser.error(f"--nbest {args.nbest} needs --beam-size of at least {args.nbest}")
+    if args.input and not args.input.is_file():
+        return _fail(f"{args.input}: no such input file")
+    try:
+        translator = Translator.from_checkpoint(args.model[0], device=args.device)
+    except CheckpointError as e:
+        return _fail(str(e))
+    except (RuntimeError, AssertionError, ValueError) as e:  # what torch raises for devices
+        return _fail(f"cannot use device {args.device!r}: {(str(e).splitlines() or [''])[0]}")
+    if args.plot_attention:
+        args.plot_attention.mkdir(parents=True, exist_ok=True)
+    try:
+        if args.output:
+            with open(args.output, "wb") as out:
+                return _run(args, translator, out)
+        return _run(args, translator, sys.stdout.buffer)
+    except OSError as e:
+        if isinstance(e, BrokenPipeError):
+            # The reader went away (e.g. `| head`): stop quietly, and keep Python's own
+            # flush at exit from raising again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
