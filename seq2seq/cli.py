@@ -25,7 +25,6 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from seq2seq.checkpoint import CheckpointError
-from seq2seq.plotting import save_attention_png
 from seq2seq.translator import TranslationResult, Translator, empty_result
 
 READ_SIZE = 1 << 16  # bytes per read from a pipe; a terminal returns one line per read
@@ -171,6 +170,9 @@ class LineTranslator:
             return [empty_result()]
 
     def _plot(self, lineno: int, result: TranslationResult) -> None:
+        # Imported here: matplotlib adds a second to every start-up that plots nothing.
+        from seq2seq.plotting import save_attention_png
+
         path = self.args.plot_attention / f"{lineno:06d}.png"
         try:
             save_attention_png(path, result.src_pieces, result.tgt_pieces, result.attention)
@@ -193,8 +195,7 @@ class LineTranslator:
 
 def _run(args: argparse.Namespace, translator: Translator, out: BinaryIO) -> int:
     translate = LineTranslator(translator, args, out)
-    stdin_is_file = stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode)
-    if args.input or stdin_is_file:
+    if args.input or stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode):
         if args.input:
             opener = gzip.open if args.input.suffix == ".gz" else open
             with opener(args.input, "rb") as f:

@@ -1,0 +1,178 @@
+"""The `translate` command and scripts/decode.py.
+
+Subprocesses prove what only a real process shows (pipes, exit codes, start-up); the rest calls
+`cli.main` in this process, because every subprocess pays seconds of imports.
+"""
+
+import gzip
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from seq2seq import cli
+from seq2seq.translator import Translator
+
+REPO = Path(__file__).resolve().parent.parent
+TRANSLATE = [sys.executable, "-m", "seq2seq.cli"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny model; keep a shared machine responsive
+TIMEOUT = 120  # seconds; start-up alone (torch, the checkpoint) takes a few
+
+pytestmark = pytest.mark.usefixtures("decoding_one_thread")
+
+
+def _translate(*args, stdin: bytes = b"") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*TRANSLATE, *map(str, args)], input=stdin, capture_output=True, env=ENV, timeout=TIMEOUT
+    )
+
+
+def _lines(data: bytes) -> list[str]:
+    text = data.decode("utf-8")
+    assert text == "" or text.endswith("\n")
+    return text.split("\n")[:-1]
+
+
+def test_pipe_keeps_empty_lines(decoding_checkpoint):
+    stdin = "Ein Mann fährt Fahrrad.\n\nZwei Hunde spielen im Schnee.\n".encode()
+    run = _translate("-m", decoding_checkpoint, stdin=stdin)
+    assert run.returncode == 0, run.stderr
+    first, middle, last = _lines(run.stdout)
+    assert first and middle == "" and last
+    assert run.stderr == b""
+
+
+def _main_with_stdin(monkeypatch, data: bytes, *args) -> int:
+    """Run cli.main in this process with `data` arriving through a real pipe on stdin."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, data)
+    os.close(write_end)
+    with open(read_end, "rb") as stdin:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        return cli.main([*map(str, args)])
+
+
+def test_nbest_tsv_bad_bytes_and_crlf(decoding_checkpoint, monkeypatch, capsysbinary):
+    stdin = b"Ein Mann\r\nbad \xff\xfe bytes\n\nZwei Hunde"  # the last line has no newline
+    options = ["--nbest", 3, "--nbest-format", "tsv"]
+    assert _main_with_stdin(monkeypatch, stdin, "-m", decoding_checkpoint, *options) == 0
+    out, err = capsysbinary.readouterr()
+    rows = [line.split("\t") for line in _lines(out)]
+    assert [int(index) for index, _, _ in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert all(text for index, _, text in rows if index != "2")
+    assert [text for index, _, text in rows if index == "2"] == ["", "", ""]
+    scores = [float(score) for _, score, _ in rows[:3]]
+    assert scores == sorted(scores, reverse=True)
+    (warning,) = err.decode().splitlines()
+    assert "line 2" in warning and "UTF-8" in warning
+
+
+def test_files_scores_and_plots(tmp_path, decoding_checkpoint, decoding_val_sources, capsys):
+    source = tmp_path / "in.de.gz"
+    long_line = " ".join(decoding_val_sources[:4])
+    lines = [decoding_val_sources[0], decoding_val_sources[1], "", long_line]
+    source.write_bytes(gzip.compress("".join(x + "\n" for x in lines).encode()))
+    output, plots = tmp_path / "out.en", tmp_path / "plots"
+    options = ["--scores", "--plot-attention", plots, "--max-src-len", 40, "--batch-size", 2]
+    args = ["-m", decoding_checkpoint, "-i", source, "-o", output, *options]
+    assert cli.main([*map(str, args)]) == 0
+    rows = [line.split("\t") for line in _lines(output.read_bytes())]
+    assert len(rows) == 4
+    assert all(float(score) < 0 and text for score, text in rows[:2] + rows[3:])
+    assert rows[2] == ["0.0000", ""]
+    assert sorted(p.name for p in plots.iterdir()) == ["000001.png", "000002.png", "000004.png"]
+    assert (plots / "000001.png").read_bytes().startswith(b"\x89PNG")
+    out, err = capsys.readouterr()
+    assert out == ""
+    (warning,) = err.splitlines()
+    assert "line 4" in warning and "40 pieces" in warning
+
+
+def test_interactive_line_by_line(decoding_checkpoint):
+    process = subprocess.Popen(
+        [*TRANSLATE, "-m", str(decoding_checkpoint)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+    replies: queue.Queue[bytes] = queue.Queue()
+    threading.Thread(
+        target=lambda: [replies.put(line) for line in iter(process.stdout.readline, b"")],
+        daemon=True,
+    ).start()
+    try:
+        # stdin stays open: an answer now proves the line was translated on arrival.
+        process.stdin.write("Ein Mann fährt Fahrrad.\n".encode())
+        process.stdin.flush()
+        assert replies.get(timeout=TIMEOUT).strip()
+        process.stdin.write(b"\n")
+        process.stdin.flush()
+        assert replies.get(timeout=TIMEOUT) == b"\n"
+        process.stdin.close()
+        assert process.wait(timeout=TIMEOUT) == 0
+    finally:
+        process.kill()
+    assert replies.empty()
+
+
+def test_bad_checkpoint_exits_2(tmp_path):
+    path = tmp_path / "broken.ckpt"
+    path.write_bytes(b"not a checkpoint at all")
+    run = _translate("-m", path, stdin=b"Ein Hund.\n")
+    assert run.returncode == 2
+    (message,) = run.stderr.decode().splitlines()
+    assert message.startswith("translate: error:") and str(path) in message
+    assert run.stdout == b""
+
+
+def test_ensembles_not_supported_yet(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["-m", "a.ckpt", "-m", "b.ckpt"])
+    assert exit_.value.code == 2
+    assert "ensembles are not supported yet" in capsys.readouterr().err
+
+
+def test_a_failing_line_is_an_empty_line(tmp_path, decoding_checkpoint, monkeypatch, capsys):
+    translate = Translator.translate
+
+    def fragile(self, texts, **kwargs):
+        if any("Explosion" in t for t in texts):
+            raise RuntimeError("boom")
+        return translate(self, texts, **kwargs)
+
+    monkeypatch.setattr(Translator, "translate", fragile)
+    source, output = tmp_path / "in.de", tmp_path / "out.en"
+    source.write_text("Ein Hund.\nEine Explosion.\nEine Katze.\n")
+    assert cli.main(["-m", str(decoding_checkpoint), "-i", str(source), "-o", str(output)]) == 1
+    first, failed, last = _lines(output.read_bytes())
+    assert first and failed == "" and last
+    assert "line 2: translation failed (RuntimeError: boom)" in capsys.readouterr().err
+
+
+def test_decode_script_json(tmp_path, decoding_checkpoint):
+    data = REPO / "data" / "multi30k"
+    for lang in ("de", "en"):
+        lines = gzip.decompress((data / f"val.{lang}.gz").read_bytes()).splitlines()[:40]
+        (tmp_path / f"val.{lang}").write_bytes(b"\n".join(lines) + b"\n")
+    hypotheses = tmp_path / "hyp.en"
+    files = ["--src", tmp_path / "val.de", "--ref", tmp_path / "val.en", "--output", hypotheses]
+    run = subprocess.run(
+        [sys.executable, REPO / "scripts" / "decode.py", "--checkpoint", decoding_checkpoint]
+        + [*files, "--beam-size", "2", "--json"],
+        capture_output=True,
+        env=ENV,
+        timeout=TIMEOUT,
+    )
+    assert run.returncode == 0, run.stderr
+    *report, last = run.stdout.decode().splitlines()
+    result = json.loads(last)
+    assert set(result) >= {"bleu", "chrf", "ter", "signature", "sentences", "seconds"}
+    assert result["sentences"] == 40 == len(hypotheses.read_text().splitlines())
+    assert result["signature"]["bleu"].startswith("nrefs:1|")
+    assert any(line.startswith("BLEU") for line in report)
