@@ -6,7 +6,9 @@ EOS is blocked until `min_len` tokens exist and forced once `int(max_len_a * src
 max_len_b)` do (src_len is the real source length, EOS included).
 
 Scores: `log_prob` is the total log-probability of the output, EOS included; `score` divides it
-by the GNMT length penalty ((5 + |y|) / 6) ** alpha of Wu et al. (2016), |y| counting EOS.
+by the GNMT length penalty ((5 + |y|) / 6) ** alpha of Wu et al. (2016), |y| counting EOS. Totals
+are summed in float64 token by token, the same way in both searches, so a beam of one reproduces
+greedy search exactly and long outputs do not lose precision.
 
 Sentences leave the active batch as soon as they are finished, so the work per step shrinks with
 the number of sentences still decoding, and no row ever sees another sentence's padding: the
@@ -31,9 +33,9 @@ class Hypothesis:
     attention: torch.Tensor  # (len(tokens) + 1, src_len) float32 on the CPU
 
 
-def length_penalty(length: int, alpha: float) -> float:
-    """GNMT length penalty ((5 + length) / 6) ** alpha; length counts EOS."""
-    return ((5.0 + length) / 6.0) ** alpha
+def ranking_score(log_prob: float, length: int, alpha: float) -> float:
+    """log_prob over the GNMT length penalty ((5 + length) / 6) ** alpha; length counts EOS."""
+    return log_prob / ((5.0 + length) / 6.0) ** alpha if alpha > 0 else log_prob
 
 
 def _max_lengths(
@@ -62,17 +64,6 @@ def _constrain(log_probs: torch.Tensor, step: int, at_max: torch.Tensor, min_len
         log_probs[:, EOS_ID] = torch.where(at_max, eos, log_probs[:, EOS_ID])
 
 
-def _hypothesis(
-    tokens: list[int], token_log_probs: list[float], attention: torch.Tensor, alpha: float
-) -> Hypothesis:
-    """tokens and token_log_probs include the final EOS; attention (T, src_len)."""
-    # Summed in float64 from the per-token values, so greedy and beam report identical
-    # numbers for identical outputs whatever order they accumulated in.
-    log_prob = math.fsum(token_log_probs)
-    score = log_prob / length_penalty(len(tokens), alpha) if alpha > 0 else log_prob
-    return Hypothesis(tokens[:-1], score, log_prob, token_log_probs, attention)
-
-
 @torch.inference_mode()
 def greedy_search(
     model,
@@ -88,6 +79,8 @@ def greedy_search(
     `length_penalty` only scales the reported score, so that it means the same as beam search's.
     """
     batch, src_len = src.shape
+    if batch == 0:
+        return []
     device = src.device
     max_lens = _max_lengths(src_lengths, max_len_a, max_len_b, min_len)  # (B,)
     steps = int(max_lens.max()) + 1
@@ -96,40 +89,45 @@ def greedy_search(
     out_tokens = torch.full((batch, steps), PAD_ID, dtype=torch.long, device=device)  # (B, T)
     out_log_probs = torch.zeros(batch, steps, device=device)  # (B, T)
     out_alphas = torch.zeros(batch, steps, src_len, device=device)  # (B, T, S)
-    out_lengths = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
+    out_lengths = torch.zeros(batch, dtype=torch.long, device=device)  # (B,) EOS included
+    out_totals = torch.zeros(batch, dtype=torch.float64, device=device)  # (B,)
     alive = torch.arange(batch, device=device)  # (N,) batch rows still decoding
+    totals = torch.zeros(batch, dtype=torch.float64, device=device)  # (N,) running log-probs
     prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)  # (N,)
     for t in range(steps):
         log_probs, state, alphas = model.decode_step(prev, state, memory)  # (N, V), (N, S)
         _constrain(log_probs, t, max_lens[alive] <= t, min_len)
         best, prev = log_probs.max(dim=1)  # (N,), (N,)
+        totals = totals + best.double()  # the same sums as beam search's: beam 1 == greedy
         out_tokens[alive, t] = prev
         out_log_probs[alive, t] = best
         out_alphas[alive, t] = alphas.float()
         done = prev == EOS_ID  # (N,)
         if done.any():
             out_lengths[alive[done]] = t + 1
+            out_totals[alive[done]] = totals[done]
             keep = (~done).nonzero().squeeze(1)  # (N',)
             if keep.numel() == 0:
                 break
-            alive, prev = alive[keep], prev[keep]
+            alive, prev, totals = alive[keep], prev[keep], totals[keep]
             state = model.reorder_state(state, keep)
             memory = model.reorder_memory(memory, keep)
 
     out_alphas = out_alphas.cpu()
     hypotheses = []
-    for tokens, log_probs, alphas, length, n in zip(
+    for tokens, log_probs, total, alphas, length, n in zip(
         out_tokens.tolist(),
         out_log_probs.tolist(),
+        out_totals.tolist(),
         out_alphas,
         out_lengths.tolist(),
         src_lengths.tolist(),
         strict=True,
     ):
+        score = ranking_score(total, length, length_penalty)
+        attention = alphas[:length, :n].clone()
         hypotheses.append(
-            _hypothesis(
-                tokens[:length], log_probs[:length], alphas[:length, :n].clone(), length_penalty
-            )
+            Hypothesis(tokens[: length - 1], score, total, log_probs[:length], attention)
         )
     return hypotheses
 
@@ -149,6 +147,7 @@ class _Finished(NamedTuple):
     sentence: torch.Tensor  # index in the original batch
     step: int
     parent: torch.Tensor  # row of that step they extend
+    log_prob: torch.Tensor  # the hypothesis's total, float64
     eos_log_prob: torch.Tensor
     eos_alphas: torch.Tensor  # (F, S)
 
@@ -177,6 +176,8 @@ def beam_search(
         raise ValueError(f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam={beam_size}")
     k = beam_size
     batch = src.size(0)
+    if batch == 0:
+        return []
     device = src.device
     max_lens = _max_lengths(src_lengths, max_len_a, max_len_b, min_len)  # (B,)
     memory, state = model.encode(src, src_lengths)
@@ -184,8 +185,9 @@ def beam_search(
     memory, state = model.reorder_memory(memory, rows), model.reorder_state(state, rows)
 
     # Only the first beam is live at the start; the other k-1 copies would repeat it.
-    beam_scores = torch.full((batch, k), -math.inf, device=device)  # (N, k)
+    beam_scores = torch.full((batch, k), -math.inf, device=device)  # (N, k) ranks candidates
     beam_scores[:, 0] = 0.0
+    totals = beam_scores.double().view(-1)  # (Nk,) the same sums in float64, for reporting
     prev = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)  # (Nk,)
     alive = torch.arange(batch, device=device)  # (N,) original index of each active sentence
     num_finished = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
@@ -210,8 +212,10 @@ def beam_search(
         if ends.any():
             sent, rank = ends.nonzero(as_tuple=True)  # (F,), (F,)
             parent = cand_parents[sent, rank]
+            eos_log_probs = log_probs[parent, EOS_ID]  # (F,)
+            total = totals[parent] + eos_log_probs.double()
             finished.append(
-                _Finished(alive[sent], t, parent, log_probs[parent, EOS_ID], alphas[parent])
+                _Finished(alive[sent], t, parent, total, eos_log_probs, alphas[parent])
             )
             num_finished.index_add_(0, alive[sent], torch.ones_like(sent))
 
@@ -231,7 +235,9 @@ def beam_search(
             kept_rows = (sentence_rows[keep] + torch.arange(k, device=device)).view(-1)  # (N'k,)
             memory = model.reorder_memory(memory, kept_rows)
         parents, tokens = parents.view(-1), tokens.view(-1)  # (N'k,)
-        history.append(_Step(parents, tokens, log_probs[parents, tokens], alphas[parents]))
+        token_log_probs = log_probs[parents, tokens]  # (N'k,)
+        totals = totals[parents] + token_log_probs.double()
+        history.append(_Step(parents, tokens, token_log_probs, alphas[parents]))
         state = model.reorder_state(state, parents)
         prev = tokens
 
@@ -246,21 +252,29 @@ def _collect(
     nbest: int,
     alpha: float,
 ) -> list[list[Hypothesis]]:
-    """Follow every finished hypothesis's back-pointers to its start, all at once."""
-    sentence = torch.cat([f.sentence for f in finished])  # (H,)
-    parent = torch.cat([f.parent for f in finished])  # (H,)
-    end = torch.cat([torch.full_like(f.parent, f.step) for f in finished])  # (H,)
-    num_hyps, steps = sentence.numel(), finished[-1].step + 1
-    src_len = finished[0].eos_alphas.size(1)
-    device = sentence.device
-    hyp_ids = torch.arange(num_hyps, device=device)
+    """Pick each sentence's nbest finished hypotheses, then follow their back-pointers to the
+    start, all at once."""
+    sentence = torch.cat([f.sentence for f in finished]).tolist()
+    lengths = [f.step + 1 for f in finished for _ in range(f.parent.numel())]
+    totals = torch.cat([f.log_prob for f in finished]).tolist()
+    scores = [ranking_score(p, n, alpha) for p, n in zip(totals, lengths, strict=True)]
+    candidates: list[list[int]] = [[] for _ in range(batch)]
+    for h, s in enumerate(sentence):
+        candidates[s].append(h)
+    # A stable sort: equal scores keep the order they finished in, which no batch changes.
+    chosen = [h for hyps in candidates for h in sorted(hyps, key=lambda h: -scores[h])[:nbest]]
 
+    device = finished[0].parent.device
+    pick = torch.tensor(chosen, device=device)  # (H,)
+    parent = torch.cat([f.parent for f in finished])[pick]  # (H,) rows at the EOS step
+    end = torch.tensor(lengths, device=device)[pick] - 1  # (H,) the EOS step
+    num_hyps, steps = len(chosen), int(end.max()) + 1
+    hyp_ids = torch.arange(num_hyps, device=device)
     out_tokens = torch.full((num_hyps, steps), PAD_ID, dtype=torch.long, device=device)  # (H, T)
     out_log_probs = torch.zeros(num_hyps, steps, device=device)  # (H, T)
-    out_alphas = torch.zeros(num_hyps, steps, src_len, device=device)  # (H, T, S)
-    out_tokens[hyp_ids, end] = EOS_ID
-    out_log_probs[hyp_ids, end] = torch.cat([f.eos_log_prob for f in finished])
-    out_alphas[hyp_ids, end] = torch.cat([f.eos_alphas for f in finished]).float()
+    out_alphas = torch.zeros(num_hyps, steps, finished[0].eos_alphas.size(1), device=device)
+    out_log_probs[hyp_ids, end] = torch.cat([f.eos_log_prob for f in finished])[pick]
+    out_alphas[hyp_ids, end] = torch.cat([f.eos_alphas for f in finished])[pick].float()
     cursor = parent.clone()  # (H,) each hypothesis's row at the step being read
     for t in range(steps - 1, 0, -1):
         active = (end >= t).nonzero().squeeze(1)
@@ -272,17 +286,13 @@ def _collect(
         cursor[active] = step.parents[row]
 
     per_sentence: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    lengths = src_lengths.tolist()
-    out_alphas = out_alphas.cpu()
-    for s, length, tokens, log_probs, alphas in zip(
-        sentence.tolist(),
-        (end + 1).tolist(),
-        out_tokens.tolist(),
-        out_log_probs.tolist(),
-        out_alphas,
-        strict=True,
+    src_lens = src_lengths.tolist()
+    for h, tokens, log_probs, alphas in zip(
+        chosen, out_tokens.tolist(), out_log_probs.tolist(), out_alphas.cpu(), strict=True
     ):
-        attention = alphas[:length, : lengths[s]].clone()
-        per_sentence[s].append(_hypothesis(tokens[:length], log_probs[:length], attention, alpha))
-    # A stable sort: equal scores keep the order they finished in, which no batch changes.
-    return [sorted(hyps, key=lambda h: -h.score)[:nbest] for hyps in per_sentence]
+        s, length = sentence[h], lengths[h]
+        attention = alphas[:length, : src_lens[s]].clone()
+        per_sentence[s].append(
+            Hypothesis(tokens[: length - 1], scores[h], totals[h], log_probs[:length], attention)
+        )
+    return per_sentence

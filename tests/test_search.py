@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from seq2seq.search import Hypothesis, beam_search, greedy_search, length_penalty
+from seq2seq.search import Hypothesis, beam_search, greedy_search, ranking_score
 from seq2seq.translator import source_batch
 
 pytestmark = pytest.mark.usefixtures("decoding_one_thread")
@@ -137,8 +137,9 @@ def test_hypothesis_fields(decoding_model, decoding_tokenizer, decoding_val_sour
         for hyp in search(decoding_model, ids):
             steps = len(hyp.tokens) + 1
             assert len(hyp.token_log_probs) == steps
-            assert hyp.log_prob == pytest.approx(sum(hyp.token_log_probs), abs=1e-6)
-            assert hyp.score == pytest.approx(hyp.log_prob / length_penalty(steps, 1.0))
+            assert hyp.log_prob == pytest.approx(sum(hyp.token_log_probs), rel=1e-5)
+            assert hyp.score == ranking_score(hyp.log_prob, steps, 1.0)
+            assert hyp.score == pytest.approx(hyp.log_prob / ((5 + steps) / 6))
             assert hyp.attention.dtype == torch.float32 and hyp.attention.device.type == "cpu"
             assert hyp.attention.shape[0] == steps
             torch.testing.assert_close(hyp.attention.sum(1), torch.ones(steps))
