@@ -94,8 +94,9 @@ class TranslationModule(L.LightningModule):
         )
 
     def on_fit_start(self) -> None:
-        if self.trainer.is_global_zero and self.trainer.log_dir:
-            run_dir = Path(self.trainer.log_dir)
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks
+        if self.trainer.is_global_zero and log_dir:
+            run_dir = Path(log_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             self.src_tokenizer.save(run_dir / "spm.src.model")
             self.tgt_tokenizer.save(run_dir / "spm.tgt.model")
@@ -108,6 +109,17 @@ class TranslationModule(L.LightningModule):
             self.model, self.src_tokenizer, self.tgt_tokenizer, dm.hparams.src_lang,
             dm.hparams.tgt_lang,
         )
+        # Dropout draws from these: a resumed run continues the same random stream.
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("rng_state")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
 
     # ----------------------------------------------------------------- training
     def _loss(self, batch: Batch, label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,6 +215,14 @@ class TranslationModule(L.LightningModule):
         self.log("val/loss", val_loss, sync_dist=False)
         self.log("val/ppl", math.exp(min(val_loss, 50.0)), sync_dist=False)
         self.log("val/bleu", score, prog_bar=True, sync_dist=False)
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks
+        if not self.trainer.is_global_zero:
+            return
         experiment = getattr(self.logger, "experiment", None)
-        if self.trainer.is_global_zero and hasattr(experiment, "add_text"):
+        if hasattr(experiment, "add_text"):
             experiment.add_text("val/bleu_signature", signature, self.global_step)
+        if log_dir:
+            # Like Joey NMT: every validation's hypotheses, in corpus order, to read or rescore.
+            out = Path(log_dir) / "hyps" / f"val_step{self.global_step}.txt"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text("".join(hyps[i] + "\n" for i in order), encoding="utf-8")

@@ -4,6 +4,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from seq2seq.data.batching import TokenBatchSampler, collate
@@ -128,6 +129,9 @@ class TranslationDataModule(L.LightningDataModule):
             examples,
             batch_sampler=sampler,
             collate_fn=collate,
+            # Its own generator: starting an iterator then draws nothing from the global RNG,
+            # whose stream (dropout) a resumed run must continue exactly.
+            generator=torch.Generator().manual_seed(self.hparams.seed),
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
         )
