@@ -1,4 +1,4 @@
-"""`translate`: one output line per input line, in order, always.
+"""translate: one output line per input line, in order, always.
 
     translate -m model.ckpt < input.de > output.en
     translate -m model.ckpt -i test.de.gz -o test.en --beam-size 5
@@ -41,7 +41,8 @@ def _positive_int(value: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="translate",
-        description="Translate text line by line with a seq2seq checkpoint.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "-m",
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scores", action="store_true", help="prefix each line with score<TAB>")
     parser.add_argument("--length-penalty", type=float, default=1.0, help="GNMT alpha")
     parser.add_argument("--max-len-a", type=float, default=1.5, help="max output: a*src_len+b")
-    parser.add_argument("--max-len-b", type=float, default=10)
+    parser.add_argument("--max-len-b", type=float, default=10, help="see --max-len-a")
     parser.add_argument(
         "--max-src-len",
         type=_positive_int,
