@@ -89,12 +89,12 @@ class Translator:
             batch = order[start : start + batch_size]
             src_ids = [ids[i][:max_src_len] for i in batch]
             src, src_lengths = source_batch(src_ids, self.device)
-            limits = dict(max_len_a=max_len_a, max_len_b=max_len_b, length_penalty=length_penalty)
+            options = dict(max_len_a=max_len_a, max_len_b=max_len_b, length_penalty=length_penalty)
             if beam_size == 1:
-                nbests = [[h] for h in greedy_search(self.model, src, src_lengths, **limits)]
+                nbests = [[h] for h in greedy_search(self.model, src, src_lengths, **options)]
             else:
                 nbests = beam_search(
-                    self.model, src, src_lengths, beam_size=beam_size, nbest=nbest, **limits
+                    self.model, src, src_lengths, beam_size=beam_size, nbest=nbest, **options
                 )
             for i, source, hyps in zip(batch, src_ids, nbests, strict=True):
                 truncated = len(ids[i]) > max_src_len
