@@ -16,8 +16,10 @@ import unicodedata
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
+if TYPE_CHECKING:
+    import datasets
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ def load_corpus(
     src_lang: str,
     tgt_lang: str,
     hub_config: str | None = None,
-) -> datasets.Dataset:
+) -> "datasets.Dataset":
     """Cleaned sentence pairs (columns `src`, `tgt`) from a directory, .jsonl, .tsv or the hub.
 
     `split` picks the files in a directory and the split on the hub; a single file is the whole
@@ -125,18 +127,18 @@ def load_corpus(
 
 
 def length_filter(
-    src_ids: list[list[int]], tgt_ids: list[list[int]], max_len: int, max_ratio: float
+    src_lengths: Sequence[int], tgt_lengths: Sequence[int], max_len: int, max_ratio: float
 ) -> list[int]:
     """Indices of the pairs whose sides are both at most max_len tokens and not too unequal."""
     keep = []
-    for i, (s, t) in enumerate(zip(src_ids, tgt_ids, strict=True)):
-        longest, shortest = max(len(s), len(t)), min(len(s), len(t))
+    for i, (s, t) in enumerate(zip(src_lengths, tgt_lengths, strict=True)):
+        longest, shortest = max(s, t), min(s, t)
         if longest <= max_len and longest / max(1, shortest) <= max_ratio:
             keep.append(i)
-    if len(keep) < len(src_ids):
+    if len(keep) < len(src_lengths):
         log.warning(
             "dropped %d of %d pairs longer than %d tokens or with a length ratio above %g",
-            len(src_ids) - len(keep), len(src_ids), max_len, max_ratio,
+            len(src_lengths) - len(keep), len(src_lengths), max_len, max_ratio,
         )
     return keep
 
@@ -188,6 +190,8 @@ def _read_tsv(path: Path) -> tuple[list[str], list[str]]:
 def _load_hub(
     name: str, config: str | None, split: str, src_lang: str, tgt_lang: str
 ) -> tuple[list[str], list[str]]:
+    import datasets  # here, not at the top: `translate` only needs clean() and starts faster
+
     hub_split = HUB_SPLITS.get(split, split)
     try:
         ds = datasets.load_dataset(name, config, split=hub_split)
@@ -215,7 +219,9 @@ def _load_hub(
     )
 
 
-def _to_dataset(src: Sequence[str], tgt: Sequence[str], origin: str) -> datasets.Dataset:
+def _to_dataset(src: Sequence[str], tgt: Sequence[str], origin: str) -> "datasets.Dataset":
+    import datasets
+
     # Drop whole pairs, never single lines, so that the two sides stay aligned.
     pairs = [(s, t) for s, t in zip(map(clean, src), map(clean, tgt), strict=True) if s and t]
     if len(pairs) < len(src):

@@ -4,8 +4,9 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from seq2seq.data.batching import TokenBatchSampler, collate
 from seq2seq.data.corpus import length_filter, load_corpus
@@ -98,27 +99,23 @@ class TranslationDataModule(L.LightningDataModule):
         )
 
     def _tokenize(self, corpus, max_len: int | None = None, max_ratio: float | None = None):
-        """-> examples [(index, src_ids, tgt_ids)], optionally length-filtered (indices kept)."""
+        """corpus (src, tgt texts) -> TokenizedPairs, optionally length-filtered."""
         src_tok, tgt_tok = self.src_tokenizer, self.tgt_tokenizer
         ids = corpus.map(
             lambda b: {"src_ids": src_tok.encode(b["src"]), "tgt_ids": tgt_tok.encode(b["tgt"])},
             batched=True,
             remove_columns=corpus.column_names,
         )
-        columns = ids.to_dict()
-        src_ids, tgt_ids = columns["src_ids"], columns["tgt_ids"]
-        keep = (
-            range(len(src_ids))
-            if max_len is None
-            else length_filter(src_ids, tgt_ids, max_len, max_ratio)
-        )
-        return [(i, src_ids[i], tgt_ids[i]) for i in keep]
+        pairs = TokenizedPairs(ids)
+        if max_len is not None:
+            pairs.keep(length_filter(pairs.src_lengths, pairs.tgt_lengths, max_len, max_ratio))
+        return pairs
 
     def _loader(self, examples, shuffle: bool, max_tokens: int) -> DataLoader:
         trainer = self.trainer
         sampler = TokenBatchSampler(
-            [len(s) for _, s, _ in examples],
-            [len(t) for _, _, t in examples],
+            examples.src_lengths,
+            examples.tgt_lengths,
             max_tokens=max_tokens,
             shuffle=shuffle,
             seed=self.hparams.seed,
@@ -160,3 +157,42 @@ class TranslationDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         self._sampler_state = state or None
 
+
+
+class TokenizedPairs(Dataset):
+    """A split's token ids, held as two flat int32 arrays with offsets (read straight from the
+    Arrow table `datasets.map` built) rather than as Python lists: WMT-sized corpora stay a few
+    bytes per token. Item k is (index in the split, src_ids, tgt_ids), as `collate` takes."""
+
+    def __init__(self, ids):
+        self.index = np.arange(len(ids))
+        self._src_values, self._src_offsets = _flat(ids.data.column("src_ids"))
+        self._tgt_values, self._tgt_offsets = _flat(ids.data.column("tgt_ids"))
+
+    def keep(self, indices: list[int]) -> None:
+        self.index = self.index[np.asarray(indices, dtype=np.int64)]
+
+    @property
+    def src_lengths(self) -> np.ndarray:
+        return np.diff(self._src_offsets)[self.index]
+
+    @property
+    def tgt_lengths(self) -> np.ndarray:
+        return np.diff(self._tgt_offsets)[self.index]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, k: int) -> tuple[int, list[int], list[int]]:
+        i = int(self.index[k])
+        src = self._src_values[self._src_offsets[i] : self._src_offsets[i + 1]]
+        tgt = self._tgt_values[self._tgt_offsets[i] : self._tgt_offsets[i + 1]]
+        return i, src.tolist(), tgt.tolist()
+
+
+def _flat(column) -> tuple[np.ndarray, np.ndarray]:
+    """An Arrow list<int> column -> (values (N,) int32, offsets (rows + 1,) int64)."""
+    lists = column.combine_chunks()
+    offsets = lists.offsets.to_numpy().astype(np.int64)
+    values = lists.flatten().to_numpy().astype(np.int32)  # flatten() honours a sliced array
+    return values, offsets - offsets[0]

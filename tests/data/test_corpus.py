@@ -318,8 +318,8 @@ def test_missing_local_path_is_not_a_hub_lookup(monkeypatch, source):
 
 
 def test_length_filter(caplog):
-    src = [[1] * 3, [1] * 11, [1] * 2, [], [1] * 10, [1] * 4]
-    tgt = [[1] * 4, [1] * 3, [1] * 7, [1] * 2, [1] * 10, [1] * 12]
+    src = [3, 11, 2, 0, 10, 4]
+    tgt = [4, 3, 7, 2, 10, 12]
     with caplog.at_level(logging.WARNING, logger="seq2seq.data.corpus"):
         keep = length_filter(src, tgt, max_len=10, max_ratio=3.0)
     # dropped: 1 (11 > max_len), 2 (7/2 > 3), 5 (12 > max_len); 3 is 2 / max(1, 0) = 2
@@ -329,5 +329,5 @@ def test_length_filter(caplog):
 
 def test_length_filter_keeps_everything_quietly(caplog):
     with caplog.at_level(logging.WARNING, logger="seq2seq.data.corpus"):
-        assert length_filter([[1, 2]], [[3]], max_len=5, max_ratio=2.0) == [0]
+        assert length_filter([2], [1], max_len=5, max_ratio=2.0) == [0]
     assert caplog.text == ""
