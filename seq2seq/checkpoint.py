@@ -93,7 +93,7 @@ def _reason(error: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _read(path: Path, map_location) -> dict:
+def _read(path: Path, map_location, mmap: bool = False) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
@@ -101,7 +101,9 @@ def _read(path: Path, map_location) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pickle-protocol chatter; errors still raise
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+            checkpoint = torch.load(
+                path, map_location=map_location, weights_only=True, mmap=mmap
+            )
     except Exception as e:
         # weights_only names the global it blocked; anything else it cannot read is damage.
         blocked = [line for line in str(e).splitlines() if "unsupported global" in line.lower()]
@@ -182,3 +184,31 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> LoadedModel:
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     return LoadedModel(model.eval(), src_tokenizer, tgt_tokenizer, src_lang, tgt_lang)
+
+
+def read_step(path: str | os.PathLike) -> int | None:
+    """The optimizer step a training checkpoint was saved at; None for `save_model`'s files.
+
+    Memory-mapped: the weights and optimizer state are mapped, not read, so this is quick.
+    """
+    step = _read(Path(path), "cpu", mmap=True).get("global_step")
+    return step if isinstance(step, int) else None
+
+
+def check_same_vocabulary(
+    reference: str | os.PathLike, loaded: LoadedModel, path: str | os.PathLike, other: LoadedModel
+) -> None:
+    """For models used together (an ensemble, an average): raise CheckpointError naming `path`
+    unless `other` has the same SentencePiece models and languages as `loaded` (from
+    `reference`), so that every token id means the same piece to both."""
+    for side in ("src", "tgt"):
+        mine = getattr(loaded, f"{side}_tokenizer").model_proto
+        if getattr(other, f"{side}_tokenizer").model_proto != mine:
+            raise CheckpointError(
+                f"{path}: its {side} SentencePiece model differs from that of {reference}"
+            )
+    if (other.src_lang, other.tgt_lang) != (loaded.src_lang, loaded.tgt_lang):
+        raise CheckpointError(
+            f"{path}: translates {other.src_lang}->{other.tgt_lang} but {reference} translates "
+            f"{loaded.src_lang}->{loaded.tgt_lang}"
+        )

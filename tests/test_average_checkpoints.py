@@ -1,0 +1,118 @@
+"""scripts/average_checkpoints.py: means of weights, the checks before, and --last N --dir."""
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from seq2seq.checkpoint import CheckpointError, load_model, save_model
+from seq2seq.model import ModelConfig, Seq2Seq
+from seq2seq.translator import Translator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("decoding_one_thread")
+
+
+@pytest.fixture(scope="module")
+def script():
+    path = ROOT / "scripts" / "average_checkpoints.py"
+    spec = importlib.util.spec_from_file_location("average_checkpoints", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _nudged(model: Seq2Seq, seed: int) -> Seq2Seq:
+    """The model with small seeded noise on every weight: a stand-in for a later checkpoint."""
+    generator = torch.Generator().manual_seed(seed)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():  # a tied weight is one parameter: nudged once
+            p.add_(0.01 * torch.randn(p.shape, generator=generator))
+    return other
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, decoding_checkpoint, decoding_model, decoding_tokenizer):
+    """The decoding checkpoint and two nudged copies of it, as save_model writes them."""
+    folder = tmp_path_factory.mktemp("average")
+    paths = [decoding_checkpoint]
+    for seed in (1, 2):
+        path = folder / f"nudged{seed}.ckpt"
+        model = _nudged(decoding_model, seed)
+        save_model(path, model, decoding_tokenizer, decoding_tokenizer, "de", "en")
+        paths.append(path)
+    return paths
+
+
+def test_mean_of_two(script, checkpoints, tmp_path, decoding_val_sources):
+    a, b = (load_model(p).model for p in checkpoints[:2])
+    output = tmp_path / "averaged.ckpt"
+    assert script.main([str(checkpoints[0]), str(checkpoints[1]), "--output", str(output)]) == 0
+    averaged = load_model(output).model
+    for name in ("encoder.embedding.weight", "decoder.weight_hh", "decoder.readout.bias"):
+        expected = (a.get_parameter(name) + b.get_parameter(name)) / 2
+        torch.testing.assert_close(averaged.get_parameter(name), expected, atol=1e-7, rtol=0)
+    # The output layer is the (averaged) target embedding, still one tensor.
+    assert averaged.decoder.output_layer.weight is averaged.encoder.embedding.weight
+    results = Translator.from_checkpoint(output).translate(decoding_val_sources[:4])
+    assert all(nbest[0].text for nbest in results)
+
+
+def test_one_checkpoint_is_unchanged(script, checkpoints, tmp_path, decoding_val_sources):
+    output = tmp_path / "one.ckpt"
+    assert script.main([str(checkpoints[0]), "--output", str(output)]) == 0
+    before, after = load_model(checkpoints[0]).model, load_model(output).model
+    for (name, x), (_, y) in zip(
+        before.state_dict().items(), after.state_dict().items(), strict=True
+    ):
+        assert torch.equal(x, y), name
+    texts = decoding_val_sources[:6]
+    expected = Translator.from_checkpoint(checkpoints[0]).translate(texts)
+    got = Translator.from_checkpoint(output).translate(texts)
+    assert [r[0].text for r in got] == [r[0].text for r in expected]
+
+
+def test_other_config_is_refused(script, checkpoints, tmp_path, decoding_tokenizer, capsys):
+    vocab = decoding_tokenizer.vocab_size
+    sizes = dict(embedding_size=32, encoder_hidden_size=16, attention_size=16)
+    config = ModelConfig(vocab, vocab, decoder_hidden_size=16, **sizes)  # the model's is 32
+    other = tmp_path / "other.ckpt"
+    save_model(other, Seq2Seq(config), decoding_tokenizer, decoding_tokenizer, "de", "en")
+    output = tmp_path / "never.ckpt"
+    assert script.main([str(checkpoints[0]), str(other), "--output", str(output)]) == 2
+    (message,) = capsys.readouterr().err.splitlines()
+    assert message.startswith("average_checkpoints: error:") and str(other) in message
+    assert "model config differs" in message
+    assert not output.exists()
+
+
+def _as_training_checkpoint(source: Path, target: Path, step: int) -> None:
+    """What Lightning writes: the same two keys, plus the step and training state."""
+    checkpoint = torch.load(source, weights_only=True)
+    checkpoint.update(global_step=step, epoch=0, optimizer_states=[{"state": {}}])
+    torch.save(checkpoint, target)
+
+
+def test_last_n_by_training_step(script, checkpoints, tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for path, name, step in zip(
+        checkpoints, ("best-step10.ckpt", "step20.ckpt", "best-step30.ckpt"), (10, 20, 30),
+        strict=True,
+    ):
+        _as_training_checkpoint(path, folder / name, step)
+    _as_training_checkpoint(checkpoints[2], folder / "last.ckpt", 30)  # same step as best
+    (folder / "averaged.ckpt").write_bytes(checkpoints[0].read_bytes())  # no step: skipped
+    assert script.newest(folder, 2) == [folder / "step20.ckpt", folder / "best-step30.ckpt"]
+    with pytest.raises(CheckpointError, match="3 checkpoints of distinct training steps, not 4"):
+        script.newest(folder, 4)
+
+    output = tmp_path / "last2.ckpt"
+    assert script.main(["--last", "2", "--dir", str(folder), "--output", str(output)]) == 0
+    b, c = (load_model(p).model for p in checkpoints[1:])
+    expected = (b.decoder.bridge.weight + c.decoder.bridge.weight) / 2
+    torch.testing.assert_close(load_model(output).model.decoder.bridge.weight, expected)
