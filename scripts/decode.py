@@ -21,7 +21,13 @@ from seq2seq.translator import Translator
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, type=Path)
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        action="append",
+        help="repeat it to decode with an ensemble of the checkpoints",
+    )
     parser.add_argument("--src", required=True, type=Path, help="source sentences, plain or .gz")
     parser.add_argument("--ref", required=True, type=Path, help="references, plain or .gz")
     parser.add_argument("--beam-size", type=int, default=5, help="1 = greedy")
@@ -42,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             raise CorpusError(
                 f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}"
             )
-        translator = Translator.from_checkpoint(args.checkpoint, device=args.device)
+        translator = Translator.from_checkpoints(args.checkpoint, device=args.device)
     except (CheckpointError, CorpusError) as e:
         print(f"decode: error: {e}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
     translate -m model.ckpt < input.de > output.en
     translate -m model.ckpt -i test.de.gz -o test.en --beam-size 5
     translate -m model.ckpt            # type a sentence, get its translation
+    translate -m a.ckpt -m b.ckpt < input.de > output.en   # an ensemble of two models
 
 From a pipe or a terminal, lines are translated as they arrive (whatever a read returns is one
 group), so the command works interactively and inside other programs' pipelines. A file (-i, or
@@ -47,10 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-m",
         "--model",
-        action="append",  # repeatable, for ensembles later
+        action="append",
         required=True,
         metavar="CKPT",
-        help="checkpoint written by training or by checkpoint.save_model",
+        help="checkpoint written by training or by checkpoint.save_model; repeat it to "
+        "decode with an ensemble (the models must share their SentencePiece models)",
     )
     parser.add_argument("-i", "--input", type=Path, help="input file (plain or .gz); default stdin")
     parser.add_argument("-o", "--output", type=Path, help="output file; default stdout")
@@ -222,14 +224,12 @@ def _run(args: argparse.Namespace, translator: Translator, out: BinaryIO) -> int
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if len(args.model) > 1:
-        parser.error("ensembles are not supported yet: give -m/--model once")
     if args.nbest > args.beam_size:
         parser.error(f"--nbest {args.nbest} needs --beam-size of at least {args.nbest}")
     if args.input and not args.input.is_file():
         return _fail(f"{args.input}: no such input file")
     try:
-        translator = Translator.from_checkpoint(args.model[0], device=args.device)
+        translator = Translator.from_checkpoints(args.model, device=args.device)
     except CheckpointError as e:
         return _fail(str(e))
     except (RuntimeError, AssertionError, ValueError) as e:  # what torch raises for devices

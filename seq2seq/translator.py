@@ -8,6 +8,7 @@ import torch
 from seq2seq.checkpoint import load_model
 from seq2seq.data.corpus import clean
 from seq2seq.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
+from seq2seq.ensemble import Ensemble, load_ensemble
 from seq2seq.model import Seq2Seq
 from seq2seq.search import Hypothesis, beam_search, greedy_search
 
@@ -43,7 +44,7 @@ def source_batch(
 class Translator:
     def __init__(
         self,
-        model: Seq2Seq,
+        model: Seq2Seq | Ensemble,
         src_tokenizer: Tokenizer,
         tgt_tokenizer: Tokenizer,
         device: torch.device | str = "cpu",
@@ -59,6 +60,17 @@ class Translator:
     ) -> "Translator":
         """Raises checkpoint.CheckpointError (one line) for a file that cannot be used."""
         loaded = load_model(path, map_location="cpu")
+        return cls(loaded.model, loaded.src_tokenizer, loaded.tgt_tokenizer, device)
+
+    @classmethod
+    def from_checkpoints(
+        cls, paths: list[str | os.PathLike], device: torch.device | str = "cpu"
+    ) -> "Translator":
+        """One checkpoint, or an ensemble of several that share both SentencePiece models.
+
+        Raises checkpoint.CheckpointError (one line) for a file that cannot be used or joined.
+        """
+        loaded = load_ensemble(paths, map_location="cpu")
         return cls(loaded.model, loaded.src_tokenizer, loaded.tgt_tokenizer, device)
 
     def translate(

@@ -131,13 +131,6 @@ def test_bad_checkpoint_exits_2(tmp_path):
     assert run.stdout == b""
 
 
-def test_ensembles_not_supported_yet(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(["-m", "a.ckpt", "-m", "b.ckpt"])
-    assert exit_.value.code == 2
-    assert "ensembles are not supported yet" in capsys.readouterr().err
-
-
 def test_a_failing_line_is_an_empty_line(tmp_path, decoding_checkpoint, monkeypatch, capsys):
     translate = Translator.translate
 

@@ -1,0 +1,75 @@
+"""Several models decoding as one: the average of their next-token probabilities.
+
+`Ensemble` has the interface search uses (`encode`, `decode_step`, `reorder_state`,
+`reorder_memory`), so greedy and beam search run it unchanged. Its memory and state are tuples
+holding each member's own, so members may differ in architecture; they must share the source
+and target SentencePiece models, since one token id has to mean the same piece to all of them.
+"""
+
+import math
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from seq2seq.checkpoint import LoadedModel, check_same_vocabulary, load_model
+from seq2seq.model import DecoderState, EncoderMemory, Seq2Seq
+
+Memories = tuple[EncoderMemory, ...]  # one per member
+States = tuple[DecoderState, ...]  # one per member
+
+
+class Ensemble(nn.Module):
+    def __init__(self, models: Sequence[Seq2Seq]):
+        super().__init__()
+        if not models:
+            raise ValueError("an ensemble needs at least one model")
+        sizes = {(m.config.src_vocab_size, m.config.tgt_vocab_size) for m in models}
+        if len(sizes) > 1:
+            raise ValueError(f"ensemble members disagree on (source, target) vocab sizes: {sizes}")
+        self.models = nn.ModuleList(models)
+
+    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> tuple[Memories, States]:
+        """src (B, S), src_lengths (B,) -> each member's memory and initial state."""
+        memories, states = zip(*(m.encode(src, src_lengths) for m in self.models), strict=True)
+        return memories, states
+
+    def decode_step(
+        self, prev_tokens: torch.Tensor, states: States, memories: Memories
+    ) -> tuple[torch.Tensor, States, torch.Tensor]:
+        """prev_tokens (B,) -> log of the members' mean probabilities (B, V) in float32, the
+        next states, and the first member's alphas (B, S): one attention to show, not a blend
+        of alignments that need not agree."""
+        steps = [
+            m.decode_step(prev_tokens, s, mem)
+            for m, s, mem in zip(self.models, states, memories, strict=True)
+        ]
+        log_probs = torch.stack([lp for lp, _, _ in steps])  # (M, B, V)
+        # log(mean(p)) in log space: probabilities of rare tokens would underflow as p.
+        mean = torch.logsumexp(log_probs, dim=0) - math.log(len(steps))  # (B, V)
+        return mean, tuple(s for _, s, _ in steps), steps[0][2]
+
+    def reorder_state(self, states: States, index: torch.Tensor) -> States:
+        return tuple(m.reorder_state(s, index) for m, s in zip(self.models, states, strict=True))
+
+    def reorder_memory(self, memories: Memories, index: torch.Tensor) -> Memories:
+        return tuple(
+            m.reorder_memory(mem, index) for m, mem in zip(self.models, memories, strict=True)
+        )
+
+
+def load_ensemble(paths: Sequence[str | os.PathLike], map_location="cpu") -> LoadedModel:
+    """One checkpoint loads as its Seq2Seq; several as an Ensemble of them.
+
+    Raises checkpoint.CheckpointError (one line naming the file) for a file that cannot be
+    loaded or that does not match the first: other SentencePiece models or other languages.
+    """
+    if not paths:
+        raise ValueError("load_ensemble needs at least one checkpoint")
+    first, *others = [load_model(p, map_location) for p in paths]
+    for path, other in zip(paths[1:], others, strict=True):
+        check_same_vocabulary(paths[0], first, path, other)
+    if not others:
+        return first
+    return first._replace(model=Ensemble([first.model, *(o.model for o in others)]).eval())
