@@ -1,6 +1,7 @@
 """Training at scale and under faults: exact resume after kill -9, DDP on CPU (gloo), and
 determinism. Every run is real: scripts/train.py on a slice of the bundled Multi30k."""
 
+import math
 import os
 import signal
 import subprocess
@@ -127,3 +128,16 @@ def test_ddp_two_cpu_processes_train_and_validate_like_one(tmp_path):
     assert metrics["val/bleu"] == pytest.approx(ddp_bleu, abs=1e-4)
     ddp_loss = events.Scalars("val/loss")[-1].value
     assert metrics["val/loss"] == pytest.approx(ddp_loss, rel=1e-5)
+
+
+def test_bf16_mixed_precision_and_gradient_accumulation_train_on_cpu(tmp_path):
+    config = tiny_config(tmp_path, "bf16", True, max_steps=12, val_check_interval=24,
+                         precision="bf16-mixed", accumulate_grad_batches=2)
+    run_train(config)
+    curve = losses(tmp_path / "bf16")
+    assert len(curve) == 12 and all(map(math.isfinite, curve.values()))  # one per update
+    assert curve[11] < curve[0]
+    (last,) = (tmp_path / "bf16").glob("**/checkpoints/last.ckpt")
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["global_step"] == 12  # 24 batches, 2 per optimizer step
+    assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())

@@ -73,9 +73,13 @@ class DecoderLSTM(nn.Module):
             self.output_layer.weight = embedding.weight
 
     def init_state(self, encoder_final: torch.Tensor) -> DecoderState:
-        """encoder_final (B, C) -> the initial state, h (L, B, H) bridged, c zeros."""
+        """encoder_final (B, C) -> the initial state, h (L, B, H) bridged, c zeros.
+
+        The state is float32 even under bf16/fp16 autocast: the matrix products run in low
+        precision, but the cell state, summed over every step, keeps full precision.
+        """
         batch = encoder_final.size(0)
-        h = torch.tanh(self.bridge(encoder_final))  # (B, L * H)
+        h = torch.tanh(self.bridge(encoder_final)).float()  # (B, L * H)
         h = h.view(batch, self.num_layers, self.hidden_size).transpose(0, 1).contiguous()
         return DecoderState(h, torch.zeros_like(h))
 
@@ -97,7 +101,7 @@ class DecoderLSTM(nn.Module):
         """
         context, alphas = self.attention(h[-1], memory.keys, memory.values, memory.mask)
         gates = torch.addmm(emb_gates, context, self.weight_ctx.t())
-        gates = gates.addmm_(h[0], self.weight_hh.t())  # (B, 4H), order i, f, g, o
+        gates = torch.addmm(gates, h[0], self.weight_hh.t())  # (B, 4H), order i, f, g, o
         i, f, g, o = gates.chunk(4, dim=1)
         c0 = torch.sigmoid(f) * c[0] + torch.sigmoid(i) * torch.tanh(g)
         h0 = torch.sigmoid(o) * torch.tanh(c0)

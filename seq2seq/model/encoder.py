@@ -39,12 +39,25 @@ class EncoderLSTM(nn.Module):
         embedded = self.embedding_dropout(self.embedding(src))  # (B, S, E)
         # Packing keeps padding out of the recurrence, so a sentence's encoding does not
         # depend on how much padding its batch adds.
+        if not _cpu_lstm_may_autocast(src):
+            embedded = embedded.float()
         packed = pack_padded_sequence(
             embedded, src_lengths.cpu(), batch_first=True, enforce_sorted=False
         )
-        packed_outputs, (h_n, _) = self.rnn(packed)  # h_n (layers * 2, B, H)
+        with torch.autocast("cpu", enabled=_cpu_lstm_may_autocast(src)):
+            packed_outputs, (h_n, _) = self.rnn(packed)  # h_n (layers * 2, B, H)
         outputs, _ = pad_packed_sequence(
             packed_outputs, batch_first=True, total_length=src.size(1)
         )  # (B, S, 2H)
         final = torch.cat([h_n[-2], h_n[-1]], dim=-1)  # (B, 2H)
         return self.output_dropout(outputs), final
+
+
+def _cpu_lstm_may_autocast(src: torch.Tensor) -> bool:
+    """oneDNN's bf16 LSTM needs AVX-512 BF16 or AMX; on other CPUs it fails, so under CPU
+    autocast the recurrence there runs in float32 (GPUs are not affected)."""
+    return (
+        src.device.type != "cpu"
+        or not torch.is_autocast_enabled("cpu")
+        or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
