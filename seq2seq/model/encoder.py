@@ -1,5 +1,7 @@
 """Bidirectional multi-layer LSTM encoder over packed sequences."""
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -39,12 +41,13 @@ class EncoderLSTM(nn.Module):
         embedded = self.embedding_dropout(self.embedding(src))  # (B, S, E)
         # Packing keeps padding out of the recurrence, so a sentence's encoding does not
         # depend on how much padding its batch adds.
-        if not _cpu_lstm_may_autocast(src):
+        float32_rnn = _cpu_without_bf16_lstm(src)
+        if float32_rnn:
             embedded = embedded.float()
         packed = pack_padded_sequence(
             embedded, src_lengths.cpu(), batch_first=True, enforce_sorted=False
         )
-        with torch.autocast("cpu", enabled=_cpu_lstm_may_autocast(src)):
+        with torch.autocast("cpu", enabled=False) if float32_rnn else nullcontext():
             packed_outputs, (h_n, _) = self.rnn(packed)  # h_n (layers * 2, B, H)
         outputs, _ = pad_packed_sequence(
             packed_outputs, batch_first=True, total_length=src.size(1)
@@ -53,11 +56,11 @@ class EncoderLSTM(nn.Module):
         return self.output_dropout(outputs), final
 
 
-def _cpu_lstm_may_autocast(src: torch.Tensor) -> bool:
-    """oneDNN's bf16 LSTM needs AVX-512 BF16 or AMX; on other CPUs it fails, so under CPU
-    autocast the recurrence there runs in float32 (GPUs are not affected)."""
+def _cpu_without_bf16_lstm(src: torch.Tensor) -> bool:
+    """True under CPU autocast on a CPU whose oneDNN has no bf16 LSTM (it needs AVX-512 BF16
+    or AMX and fails elsewhere): the recurrence then runs in float32. GPUs are not affected."""
     return (
-        src.device.type != "cpu"
-        or not torch.is_autocast_enabled("cpu")
-        or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        src.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
     )
