@@ -1,0 +1,509 @@
+"""Training and decoding speed, peak memory and FLOP utilisation on this machine.
+
+    python scripts/benchmark.py                    # configs/multi30k_de_en.yaml on data/multi30k
+    python scripts/benchmark.py --peer             # the peers' model on their synthetic corpus
+    python scripts/benchmark.py --peer joey        # ... with Joey NMT / fairseq encoder sizes
+    python scripts/benchmark.py --config configs/bench_m30k_2x512.yaml
+    python scripts/benchmark.py --json             # the last stdout line is one JSON object
+
+Everything runs through the code a user runs: `TranslationModule` + `TranslationDataModule` +
+`lightning.Trainer` for training (a callback times the steps), `Translator.translate` for
+decoding. Training speed is target tokens (non-pad `tgt_out`, EOS included) per second over
+`--seconds` of steps after `--warmup-steps` steps; decoding speed is sentences and output tokens
+(EOS excluded) per second. Decoding uses the weights trained here, so quality means nothing.
+
+`--peer` rebuilds the peer benchmark of ../shared/peers (OpenNMT-py, fairseq, Joey NMT): 20,000
+training lines of 5-30 words drawn from w0000..w1999, target = source reversed, 1,000 test
+lines, 2,000-token batches, Adam 1e-3, no label smoothing. `--peer onmt` (the default) matches
+OpenNMT-py's sizes, where `enc_hid_size: 256` is split over the two directions (128 each);
+`--peer joey` uses 256 per direction, as Joey NMT and fairseq do. It decodes the synthetic test
+lines twice: stopping at EOS (at most 40 tokens, as the peers' "natural" rows) and at exactly 30
+tokens with EOS blocked (the peers' "fixed30" rows, the same work in every toolkit).
+
+FLOPs. Training FLOPs are counted analytically from the model's sizes (a multiply-add is 2
+FLOPs; only matrix products, not gates, softmax, embeddings or the optimizer), per batch, from
+its real token counts, and then x3 (backward = 2 x forward):
+    per source token    2 * 4He * (in_l + He) * 2 directions, summed over encoder layers
+                        (in_1 = E, in_l = 2He), + 2 * C * A for the attention keys
+    per target token    2 * Hd * A (query) + 2 * 4Hd * (E + C + Hd) (first decoder layer)
+                        + 2 * 4Hd * 2Hd per further layer + 2 * (Hd + C + E) * E (readout)
+                        + 2 * E * V (output layer)
+    per (target token, real source token) pair    2 * A (energy v^T tanh(..)) + 2 * C (context)
+with E embedding, He encoder hidden per direction, C = 2He, Hd decoder hidden, A attention
+size, V target vocabulary. Utilisation is that rate over the best float32 (or, under a bf16
+precision, bfloat16) `torch.mm` rate this script measures on this machine in the same run.
+"""
+
+import argparse
+import contextlib
+import inspect
+import json
+import logging
+import os
+import platform
+import random
+import resource
+import sys
+import tempfile
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+
+import seq2seq.translator as translator_module
+from seq2seq.data.batching import Batch
+from seq2seq.data.corpus import read_lines
+from seq2seq.data.datamodule import TranslationDataModule
+from seq2seq.data.tokenizer import PAD_ID
+from seq2seq.training import TranslationModule
+from seq2seq.translator import Translator
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "configs" / "multi30k_de_en.yaml"
+MULTI30K_TEST = REPO / "data" / "multi30k" / "test_2016_flickr.de.gz"
+
+# The peers' corpus shape (make_reverse_corpus.py): words, lengths, split sizes.
+PEER_WORDS, PEER_MIN_LEN, PEER_MAX_LEN = 2000, 5, 30
+PEER_TRAIN, PEER_VAL, PEER_TEST = 20_000, 500, 1_000
+PEER_BATCH_TOKENS = 2000
+# SentencePiece's unigram and BPE models cut "w0257" into "▁w" + "0257" (split_by_number), two
+# pieces per word; its "word" model keeps each word whole. 2,000 words + 4 special ids + the 256
+# byte-fallback pieces our tokenizer always has: one piece per word, as the peers' word vocabulary.
+PEER_VOCAB = 2260
+PEER_SPM_MODEL = "word"
+PEER_ENCODER_PER_DIRECTION = {"onmt": 128, "joey": 256}
+PEER_NATURAL_MAX_LEN = 40  # the peers' natural rows: stop at EOS, at most 40 tokens
+PEER_FIXED_LEN = 30  # the peers' fixed30 rows: EOS blocked, exactly 30 tokens
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="a training yaml")
+    parser.add_argument(
+        "--peer", nargs="?", const="onmt", choices=sorted(PEER_ENCODER_PER_DIRECTION),
+        help="the peers' model and synthetic corpus instead of --config (default sizes: onmt)",
+    )
+    parser.add_argument("--seconds", type=float, default=60.0, help="timed training seconds")
+    parser.add_argument("--warmup-steps", type=int, default=10, help="untimed first steps")
+    parser.add_argument("--sentences", type=int, default=1000, help="sentences per decode")
+    parser.add_argument(
+        "--decode-batch", type=int, default=None,
+        help="sentences per decoding batch (default: 64; with --peer about 2,000 source tokens)",
+    )
+    parser.add_argument("--precision", help="Lightning precision (default: the config's)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--json", action="store_true", help="end with one line of JSON")
+    args = parser.parse_args(argv)
+    if args.warmup_steps < 1 or args.seconds <= 0 or args.sentences < 1:
+        parser.error("need --warmup-steps >= 1, --seconds > 0 and --sentences >= 1")
+    return args
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr, so that stdout is the table (and the JSON line)."""
+    print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- the machine
+def cpu_info() -> dict:
+    """CPU model, cores, torch threads and the vector units that decide matmul speed."""
+    model, flags = platform.processor() or "unknown", set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "avx2": "avx2" in flags,
+        "avx512": "avx512f" in flags,
+        "amx": bool({"amx_bf16", "amx_tile"} & flags),
+        "torch": torch.__version__,
+    }
+
+
+def peak_matmul_flops(dtype: torch.dtype, max_n: int = 2048, budget_s: float = 1.5) -> float:
+    """The best FLOP/s of a square `torch.mm` in `dtype`: the ceiling the model could reach.
+
+    The size doubles from 256 while one product takes under 50 ms (up to max_n), so that a
+    dtype without fast kernels here (bfloat16 without AVX-512/AMX runs at well under 1 GFLOP/s)
+    costs seconds, not minutes. Then repeats until `budget_s` has passed, keeping the best.
+    """
+
+    def operands(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        torch.mm(a, b)  # the first call pays for set-up
+        return a, b
+
+    def timed_mm(a: torch.Tensor, b: torch.Tensor) -> float:
+        start = time.perf_counter()
+        torch.mm(a, b)
+        return time.perf_counter() - start
+
+    n = 256
+    a, b = operands(n)
+    best = spent = timed_mm(a, b)
+    while best < 0.05 and n < max_n:
+        n *= 2
+        a, b = operands(n)
+        best = spent = timed_mm(a, b)
+    while spent < budget_s:
+        took = timed_mm(a, b)
+        best, spent = min(best, took), spent + took
+    return 2 * n**3 / best
+
+
+# ----------------------------------------------------------------------------- configurations
+def load_config(path: Path) -> dict:
+    """The parts of a training yaml that the benchmark uses: model, data, precision, clipping."""
+    config = yaml.safe_load(Path(path).read_text())
+    trainer = config.get("trainer") or {}
+    return {
+        "name": str(path),
+        "seed": config.get("seed_everything", 1234),
+        "model": dict(config.get("model") or {}),
+        "data": dict(config.get("data") or {}),
+        "precision": trainer.get("precision", "32-true"),
+        "gradient_clip_val": trainer.get("gradient_clip_val"),
+    }
+
+
+def peer_config(variant: str, data_dir: Path) -> dict:
+    """The peers' model (../shared/peers/onmt_rnn_bahdanau.yaml, joeynmt_rnn_bahdanau.yaml):
+    separate untied embeddings of 256, one biLSTM encoder layer, one LSTM decoder layer of 256
+    with input feeding and additive attention of 256, dropout 0.1, Adam 1e-3, clipping 1.0."""
+    return {
+        "name": f"peer ({variant} sizes)",
+        "seed": 42,
+        "model": {
+            "embedding_size": 256,
+            "encoder_hidden_size": PEER_ENCODER_PER_DIRECTION[variant],
+            "encoder_layers": 1,
+            "decoder_hidden_size": 256,
+            "decoder_layers": 1,
+            "attention_size": 256,
+            "dropout": 0.1,
+            "embedding_dropout": 0.1,
+            "tie_output_embedding": False,
+            "share_embeddings": False,
+            "label_smoothing": 0.0,
+            "lr": 1e-3,
+            "warmup_steps": 0,
+        },
+        "data": {
+            "data_dir": str(data_dir),
+            "src_lang": "src",
+            "tgt_lang": "tgt",
+            "vocab_size": PEER_VOCAB,
+            "spm_model_type": PEER_SPM_MODEL,
+            "joint_vocab": True,  # both sides use the same 2,000 words
+            "max_tokens": PEER_BATCH_TOKENS,
+            "max_len": 100,
+        },
+        "precision": "32-true",
+        "gradient_clip_val": 1.0,
+    }
+
+
+def write_reverse_corpus(out: Path, seed: int) -> list[str]:
+    """The peers' corpus shape with our own seeded generator: writes train/val .src/.tgt to
+    `out` and returns the test sources (targets are not needed: quality is not measured)."""
+    rng = random.Random(seed)
+    words = [f"w{i:04d}" for i in range(PEER_WORDS)]
+
+    def sentence() -> list[str]:
+        return [rng.choice(words) for _ in range(rng.randint(PEER_MIN_LEN, PEER_MAX_LEN))]
+
+    for split, n in (("train", PEER_TRAIN), ("val", PEER_VAL)):
+        sources = [sentence() for _ in range(n)]
+        (out / f"{split}.src").write_text("".join(" ".join(s) + "\n" for s in sources))
+        (out / f"{split}.tgt").write_text("".join(" ".join(s[::-1]) + "\n" for s in sources))
+    return [" ".join(sentence()) for _ in range(PEER_TEST)]
+
+
+def pieces_per_word(tokenizer, lines: list[str]) -> float:
+    """SentencePiece pieces per whitespace word: 1.00 means our token counts are the peers'."""
+    pieces = sum(len(ids) for ids in tokenizer.encode(lines))
+    return pieces / sum(len(line.split()) for line in lines)
+
+
+# ----------------------------------------------------------------------------- training
+class StepTimer(L.Callback):
+    """Times the real training loop (data loading, forward, backward, clipping, Adam, Lightning)
+    from the end of warm-up step `warmup_steps` to the end of the last step, counts what the
+    timed steps processed, and stops training once `seconds` have been timed."""
+
+    def __init__(self, warmup_steps: int, seconds: float):
+        self.warmup_steps, self.seconds = warmup_steps, seconds
+        self.steps = self.timed_steps = 0
+        self.start: float | None = None
+        self.elapsed = 0.0
+        self.tgt_tokens = self.src_tokens = self.pairs = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch: Batch, batch_idx) -> None:
+        now = time.perf_counter()
+        self.steps += 1
+        if self.steps == self.warmup_steps:
+            self.start = now
+            return
+        if self.start is None:
+            return
+        tgt_lengths = (batch.tgt_out != PAD_ID).sum(dim=1)  # (B,) EOS included
+        self.tgt_tokens += int(tgt_lengths.sum())
+        self.src_tokens += int(batch.src_lengths.sum())
+        self.pairs += int((tgt_lengths * batch.src_lengths.to(tgt_lengths.device)).sum())
+        self.timed_steps += 1
+        self.elapsed = now - self.start
+        if self.elapsed >= self.seconds:
+            trainer.should_stop = True
+
+
+def train(config: dict, args: argparse.Namespace, root: Path):
+    """Trains with the config until the timer stops it -> (module, datamodule, timer)."""
+    L.seed_everything(config["seed"], verbose=False)
+    datamodule = TranslationDataModule(**config["data"])
+    module = TranslationModule(**config["model"])
+    timer = StepTimer(args.warmup_steps, args.seconds)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision=args.precision or config["precision"],
+        gradient_clip_val=config["gradient_clip_val"],
+        max_epochs=-1,
+        limit_val_batches=0,  # validation is not training time
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        default_root_dir=root,
+        callbacks=[timer],
+    )
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is for the table and the JSON
+        trainer.fit(module, datamodule=datamodule)
+    if timer.timed_steps == 0:
+        raise SystemExit("benchmark: training ended before any step was timed")
+    return module, datamodule, timer
+
+
+def train_flops(model_config, src_tokens: int, tgt_tokens: int, pairs: int) -> float:
+    """Forward + backward FLOPs of training on these token counts (formula: module docstring)."""
+    c = model_config
+    E, He, Hd, A = c.embedding_size, c.encoder_hidden_size, c.decoder_hidden_size, c.attention_size
+    C, V = 2 * He, c.tgt_vocab_size
+    encoder = sum(2 * 2 * 4 * He * ((E if layer == 0 else C) + He) for layer in range(
+        c.encoder_layers))
+    per_src = encoder + 2 * C * A
+    decoder = 2 * 4 * Hd * (E + C + Hd) + (c.decoder_layers - 1) * 2 * 4 * Hd * 2 * Hd
+    per_tgt = 2 * Hd * A + decoder + 2 * (Hd + C + E) * E + 2 * E * V
+    per_pair = 2 * A + 2 * C
+    return 3.0 * (src_tokens * per_src + tgt_tokens * per_tgt + pairs * per_pair)
+
+
+# ----------------------------------------------------------------------------- decoding
+@contextlib.contextmanager
+def min_len_search(min_len: int):
+    """Makes `Translator.translate` pass min_len to the search, as the peers'
+    joey_translate_minlen.py does for Joey NMT, when translate has no such option itself."""
+    names = ("greedy_search", "beam_search")
+    originals = {name: getattr(translator_module, name) for name in names}
+
+    def wrap(search):
+        def with_min_len(*args, **kwargs):
+            kwargs.setdefault("min_len", min_len)
+            return search(*args, **kwargs)
+
+        return with_min_len
+
+    for name in names:
+        setattr(translator_module, name, wrap(originals[name]))
+    try:
+        yield
+    finally:
+        for name in names:
+            setattr(translator_module, name, originals[name])
+
+
+def decode(
+    translator: Translator, texts: list[str], beam: int, batch: int, max_len_a: float,
+    max_len_b: float, min_len: int = 1,
+) -> dict:
+    """Translates `texts` once -> seconds, sentences/s, output tokens/s (EOS excluded)."""
+    options = dict(beam_size=beam, batch_size=batch, max_len_a=max_len_a, max_len_b=max_len_b)
+    patch = contextlib.nullcontext()
+    if min_len > 1:
+        if "min_len" in inspect.signature(translator.translate).parameters:
+            options["min_len"] = min_len
+        else:
+            patch = min_len_search(min_len)
+    with patch:
+        start = time.perf_counter()
+        results = translator.translate(texts, **options)
+        seconds = time.perf_counter() - start
+    lengths = [len(nbest[0].tokens) for nbest in results]
+    if min_len > 1 and min(lengths) < min_len:
+        raise SystemExit(f"benchmark: min_len {min_len} was not applied (shortest {min(lengths)})")
+    return {
+        "seconds": round(seconds, 3),
+        "sents_per_s": round(len(texts) / seconds, 2),
+        "tokens_per_s": round(sum(lengths) / seconds, 1),
+        "tokens": sum(lengths),
+    }
+
+
+def decode_all(translator: Translator, args, test_texts: list[str], peer: bool) -> dict:
+    """The decodes to report: greedy and beam 5, and with --peer also at a fixed 30 tokens."""
+    texts = test_texts[: args.sentences]
+    batch = args.decode_batch
+    if batch is None:
+        batch = 64
+        if peer:  # the peers decode 2,000-token batches: as many sentences as that holds
+            mean_src = sum(len(t.split()) + 1 for t in texts) / len(texts)
+            batch = max(1, round(PEER_BATCH_TOKENS / mean_src))
+    limits = (0.0, PEER_NATURAL_MAX_LEN) if peer else (1.5, 10)  # else: translate's defaults
+    runs = {}
+    for beam in (1, 5):
+        name = "greedy" if beam == 1 else f"beam{beam}"
+        log(f"decoding {len(texts)} sentences, {name}, {batch} per batch")
+        runs[name] = decode(translator, texts, beam, batch, *limits)
+        if peer:
+            log(f"decoding {len(texts)} sentences, {name}, fixed {PEER_FIXED_LEN} tokens")
+            runs[f"fixed{PEER_FIXED_LEN}_{name}"] = decode(
+                translator, texts, beam, batch, 0.0, PEER_FIXED_LEN, min_len=PEER_FIXED_LEN
+            )
+    return {"decode_batch_sentences": batch, "decode": runs}
+
+
+# ----------------------------------------------------------------------------- report
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **cpu_info()}
+    log("measuring the matrix-product peak (float32, bfloat16)")
+    peak = {"float32": peak_matmul_flops(torch.float32), "bfloat16": peak_matmul_flops(
+        torch.bfloat16)}
+    with tempfile.TemporaryDirectory(prefix="seq2seq-bench-") as tmp:
+        root = Path(tmp)
+        if args.peer:
+            corpus = root / "corpus"
+            corpus.mkdir()
+            test_texts = write_reverse_corpus(corpus, args.seed)
+            config = peer_config(args.peer, corpus)
+        else:
+            config = load_config(args.config)
+            test_texts = read_lines(MULTI30K_TEST)
+        log(f"training {config['name']}: {args.warmup_steps} warm-up steps + {args.seconds:g} s")
+        module, datamodule, timer = train(config, args, root / "run")
+    model = module.model
+    precision = str(args.precision or config["precision"])
+    flops = train_flops(model.config, timer.src_tokens, timer.tgt_tokens, timer.pairs)
+    achieved = flops / timer.elapsed
+    peak_used = peak["bfloat16" if "bf16" in precision else "float32"]
+    result.update(
+        config=config["name"],
+        precision=precision,
+        params=sum(p.numel() for p in model.parameters()),
+        model=dict(vars(model.config)),
+        train_steps=timer.timed_steps,
+        train_seconds=round(timer.elapsed, 2),
+        train_tokens_per_s=round(timer.tgt_tokens / timer.elapsed, 1),
+        train_src_tokens_per_s=round(timer.src_tokens / timer.elapsed, 1),
+        train_steps_per_s=round(timer.timed_steps / timer.elapsed, 3),
+        train_tgt_tokens_per_step=round(timer.tgt_tokens / timer.timed_steps, 1),
+        train_mflop_per_tgt_token=round(flops / timer.tgt_tokens / 1e6, 3),
+        achieved_gflop_per_s=round(achieved / 1e9, 2),
+        peak_mm_gflop_per_s_float32=round(peak["float32"] / 1e9, 1),
+        peak_mm_gflop_per_s_bfloat16=round(peak["bfloat16"] / 1e9, 1),
+        flop_utilization=round(achieved / peak_used, 4),
+    )
+    if args.peer:
+        result["pieces_per_word"] = round(pieces_per_word(datamodule.tgt_tokenizer, test_texts), 4)
+    translator = Translator(model, datamodule.src_tokenizer, datamodule.tgt_tokenizer)
+    result.update(decode_all(translator, args, test_texts, bool(args.peer)))
+    for name, figures in result["decode"].items():
+        result[f"{name}_sents_per_s"] = figures["sents_per_s"]
+        result[f"{name}_tokens_per_s"] = figures["tokens_per_s"]
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return result
+
+
+def yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def table(r: dict) -> str:
+    m = r["model"]
+    rows = [
+        ("CPU", f"{r['cpu']}, {r['cores']} cores, {r['torch_threads']} torch threads, "
+                f"AVX2 {yes(r['avx2'])}, AVX-512 {yes(r['avx512'])}, AMX {yes(r['amx'])}"),
+        ("when", f"{r['when']} (torch {r['torch']})"),
+        ("model", f"{r['config']}: embeddings {m['embedding_size']}, encoder "
+                  f"{m['encoder_layers']} x {m['encoder_hidden_size']} per direction, decoder "
+                  f"{m['decoder_layers']} x {m['decoder_hidden_size']}, attention "
+                  f"{m['attention_size']}, vocabulary {m['tgt_vocab_size']}, "
+                  f"{r['params'] / 1e6:.2f}M parameters, {r['precision']}"),
+    ]
+    if "pieces_per_word" in r:
+        rows.append(("pieces per word", f"{r['pieces_per_word']:.3f}"))
+    rows += [
+        ("training", f"**{r['train_tokens_per_s']:,.0f} target tokens/s** "
+                     f"({r['train_steps_per_s']:.2f} steps/s, {r['train_tgt_tokens_per_step']:,.0f}"
+                     f" target tokens/step; {r['train_steps']} steps in {r['train_seconds']:.1f} s"
+                     " after warm-up)"),
+    ]
+    for name, d in r["decode"].items():
+        rows.append((f"decoding, {name}", f"**{d['sents_per_s']:,.1f} sentences/s**, "
+                     f"{d['tokens_per_s']:,.0f} tokens/s ({d['seconds']:.2f} s, "
+                     f"{d['tokens']:,} tokens, {r['decode_batch_sentences']} sentences/batch)"))
+    rows += [
+        ("peak RSS", f"{r['peak_rss_mb']:,.0f} MB"),
+        ("FLOP utilisation", f"{r['flop_utilization']:.1%}: {r['achieved_gflop_per_s']:.1f} "
+                             f"GFLOP/s of training ({r['train_mflop_per_tgt_token']:.2f} MFLOP "
+                             f"per target token) against a measured torch.mm peak of "
+                             f"{r['peak_mm_gflop_per_s_float32']:.0f} GFLOP/s float32, "
+                             f"{r['peak_mm_gflop_per_s_bfloat16']:.0f} GFLOP/s bfloat16"),
+    ]
+    return "\n".join(["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+
+
+def quiet() -> None:
+    """Lightning's and datasets' start-up chatter would bury the table."""
+    warnings.filterwarnings("ignore", module="lightning")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with contextlib.suppress(ImportError):
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet()
+    started = time.perf_counter()
+    result = run(args)
+    result["benchmark_seconds"] = round(time.perf_counter() - started, 1)
+    print(table(result))
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

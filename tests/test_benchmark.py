@@ -1,0 +1,44 @@
+"""Smoke test of scripts/benchmark.py: it runs end to end with tiny settings and its JSON line
+has the documented keys. No timing is checked: figures from a shared test machine mean nothing."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+KEYS = {
+    "cpu", "train_tokens_per_s", "greedy_sents_per_s", "beam5_sents_per_s", "peak_rss_mb",
+    "flop_utilization",
+}
+
+
+def run_benchmark(*options: str) -> dict:
+    command = [
+        sys.executable, str(REPO / "scripts" / "benchmark.py"), "--seconds", "2",
+        "--warmup-steps", "1", "--sentences", "20", "--threads", "1", "--json", *options,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == "| figure | value |", done.stdout  # stdout: the table, then the JSON
+    return json.loads(lines[-1])
+
+
+def test_benchmark_reports_every_key_for_a_config():
+    result = run_benchmark("--config", "configs/tiny.yaml")
+    assert KEYS <= result.keys()
+    assert result["train_tokens_per_s"] > 0 and result["train_steps"] >= 1
+    assert 0 < result["flop_utilization"] < 1
+    assert result["decode"]["greedy"]["tokens"] > 0
+
+
+def test_benchmark_peer_mode_has_one_piece_per_word_and_fixed_length_rows():
+    result = run_benchmark("--peer")
+    assert KEYS <= result.keys()
+    assert result["pieces_per_word"] == 1.0
+    assert result["model"]["encoder_hidden_size"] == 128  # OpenNMT-py: 256 over 2 directions
+    # EOS blocked: exactly 30 tokens for each of the 20 sentences
+    assert result["decode"]["fixed30_greedy"]["tokens"] == 20 * 30
+    assert result["decode"]["fixed30_beam5"]["tokens"] == 20 * 30
