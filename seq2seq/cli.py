@@ -33,14 +33,25 @@ FILE_CHUNK_BATCHES = 16  # batches per chunk of a file: length-sorting needs man
 
 
 def _positive_int(value: str) -> int:
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
     return number
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """Usage errors as one line naming the option: what a calling script or a log needs.
+    argparse would print the whole usage block above it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrors(
         prog="translate",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

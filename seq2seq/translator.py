@@ -1,6 +1,7 @@
 """Text in, translations out: cleaning, SentencePiece, length-sorted batches, search."""
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,8 @@ from seq2seq.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
 from seq2seq.ensemble import Ensemble, load_ensemble
 from seq2seq.model import Seq2Seq
 from seq2seq.search import Hypothesis, beam_search, greedy_search
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -23,6 +26,12 @@ class TranslationResult:
     src_pieces: list[str]  # the source the model read, EOS included
     tgt_pieces: list[str]  # the output, EOS included
     truncated: bool = False  # the source was cut to max_src_len pieces
+
+
+def _well_formed(text: str) -> str:
+    """Surrogate code points (a str may hold them, e.g. from os.fsdecode or JSON's "\\ud800")
+    made U+FFFD, as `translate` does with invalid UTF-8: SentencePiece refuses them."""
+    return _SURROGATES.sub("\ufffd", text)
 
 
 def empty_result() -> TranslationResult:
@@ -92,7 +101,7 @@ class Translator:
             raise ValueError("beam_size, batch_size and max_src_len must be >= 1")
         if not 1 <= nbest <= beam_size:
             raise ValueError(f"need 1 <= nbest <= beam_size, got {nbest} and {beam_size}")
-        ids = self.src_tokenizer.encode([clean(t) for t in texts])
+        ids = self.src_tokenizer.encode([clean(_well_formed(t)) for t in texts])
         results: list[list[TranslationResult]] = [[empty_result()] for _ in texts]
         # Similar lengths share a batch, so little of it is padding; longest first, so that a
         # batch too large for memory fails at once rather than at the end.
