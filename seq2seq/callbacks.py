@@ -11,6 +11,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from seq2seq.data.batching import collate
 from seq2seq.plotting import attention_figure
 from seq2seq.search import greedy_search
+from seq2seq.training import NonFiniteLossError
 
 
 class TranslationSamples(L.Callback):
@@ -95,5 +96,6 @@ class LastCheckpoint(Checkpoint):
         self.save(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt | SIGTERMException):
+        # After a NonFiniteLossError the weights are sound: the bad batches were skipped.
+        if isinstance(exception, KeyboardInterrupt | SIGTERMException | NonFiniteLossError):
             self.save(trainer)

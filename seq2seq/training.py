@@ -18,6 +18,11 @@ from seq2seq.model import ModelConfig, Seq2Seq
 from seq2seq.search import greedy_search
 
 
+class NonFiniteLossError(RuntimeError):
+    """`max_bad_steps` consecutive batches had a non-finite loss. Their updates were skipped,
+    so the weights are still those from before the fault (and are saved to last.ckpt)."""
+
+
 class TranslationModule(L.LightningModule):
     def __init__(
         self,
@@ -140,7 +145,7 @@ class TranslationModule(L.LightningModule):
         if not torch.isfinite(loss):
             self._bad_steps += 1
             if self._bad_steps >= self.hparams.max_bad_steps:
-                raise RuntimeError(
+                raise NonFiniteLossError(
                     f"training stopped: {self._bad_steps} consecutive non-finite losses "
                     f"(step {self.global_step}); lower model.lr or check the data"
                 )
@@ -171,6 +176,8 @@ class TranslationModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         norms = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
+        if not norms:  # training_step skipped the batch (non-finite loss): nothing to step
+            return
         self.log("train/grad_norm", torch.stack(norms).norm())
 
     def configure_optimizers(self):

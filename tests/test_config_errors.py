@@ -1,0 +1,121 @@
+"""A bad configuration is one line on stderr naming the key, and nothing is trained.
+
+One case runs scripts/train.py as a real process, to show what a user sees there (exit status,
+no usage block, no traceback); the rest call its `main` in this process, because every new
+process spends seconds of CPU importing torch and Lightning. Every case must fail before the
+corpus is read.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from seq2seq import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = ROOT / "scripts" / "train.py"
+TIMEOUT = 120
+
+# id: (extra arguments or config edits, the key the error must name)
+CASES = {
+    "unknown key in the YAML": ({"model": {"hiden_size": 32}}, "hiden_size"),
+    "unknown option": (["--model.hiden_size", "32"], "hiden_size"),
+    "unknown section": (["--modle.lr", "0.1"], "modle.lr"),
+    "wrong type": (["--model.embedding_size", "abc"], "model.embedding_size"),
+    "wrong type in the YAML": ({"data": {"max_tokens": "lots"}}, "data.max_tokens"),
+    "hidden size 0": (["--model.decoder_hidden_size", "0"], "model.decoder_hidden_size"),
+    "negative attention": (["--model.attention_size", "-4"], "model.attention_size"),
+    "dropout 1.5": (["--model.dropout", "1.5"], "model.dropout"),
+    "learning rate 0": (["--model.lr", "0"], "model.lr"),
+    "vocabulary 0": (["--data.vocab_size", "0"], "data.vocab_size"),
+    "max_tokens below max_len": (["--data.max_tokens", "20"], "data.max_tokens"),
+    "callback argument": (
+        {"trainer": {"callbacks": [{"class_path": "seq2seq.callbacks.LastCheckpoint",
+                                    "init_args": {"every_n_steps": 0}}]}},
+        "every_n_steps",
+    ),
+}
+
+
+def _arguments(tmp_path: Path, case: str) -> list[str]:
+    change, _ = CASES[case]
+    config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    # A run that got past configuration would write here, and train for one step only.
+    config["trainer"].update(default_root_dir=str(tmp_path / "run"), max_steps=1)
+    for section, values in (change.items() if isinstance(change, dict) else []):
+        config[section].update(values)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return ["--config", str(path), *(change if isinstance(change, list) else [])]
+
+
+def _assert_one_line_naming(stderr: str, key: str) -> None:
+    assert "Traceback" not in stderr and "usage:" not in stderr, stderr[-2000:]
+    last = [line for line in stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error: ") and key in last, stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def train():
+    spec = importlib.util.spec_from_file_location("train_script", TRAIN_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_config_is_one_line_naming_the_key(tmp_path, train, capsys, monkeypatch, case):
+    monkeypatch.setattr(sys, "argv", ["train.py"])  # pytest's own arguments are not ours
+    with pytest.raises(SystemExit) as exit_:
+        train.main(_arguments(tmp_path, case))
+    assert exit_.value.code == 2
+    _assert_one_line_naming(capsys.readouterr().err, CASES[case][1])
+    assert not (tmp_path / "run").exists(), "it got as far as writing a run"
+
+
+def test_bad_config_in_a_real_process(tmp_path):
+    case = "unknown key in the YAML"  # where jsonargparse would print its usage block
+    run = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *_arguments(tmp_path, case)], cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+        timeout=TIMEOUT,
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    _assert_one_line_naming(run.stderr, CASES[case][1])
+
+
+def test_a_good_config_still_parses(tmp_path, train, capsys, monkeypatch):
+    # exit_on_error=False must not change what a correct command does.
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    with pytest.raises(SystemExit) as exit_:
+        train.main([*_arguments(tmp_path, "hidden size 0")[:2], "--print_config"])
+    assert exit_.value.code == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["decoder_hidden_size"] == 32
+
+
+# --- translate: option errors are argparse errors, one line ---
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--beam-size", "0"], "--beam-size"),
+        (["--nbest", "0"], "--nbest"),
+        (["--batch-size", "-3"], "--batch-size"),
+        (["--batch-size", "many"], "--batch-size"),
+        (["--max-src-len", "0"], "--max-src-len"),
+        (["--beam-size", "2", "--nbest", "3"], "--nbest"),
+        (["--length-penalty", "x"], "--length-penalty"),
+    ],
+)
+def test_translate_option_errors(capsys, args, option):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["-m", "never-read.ckpt", *args])
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("translate: error: ") and option in line
