@@ -26,7 +26,8 @@ class TranslationSamples(L.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero or experiment is None:
             return
         dm = trainer.datamodule
-        examples = dm.val_examples[: self.num_sentences]
+        count = min(self.num_sentences, len(dm.val_examples))
+        examples = [dm.val_examples[k] for k in range(count)]
         batch = collate(examples)
         model = pl_module.model
         was_training = model.training
@@ -79,7 +80,7 @@ class LastCheckpoint(Checkpoint):
             return
         final = self.path(trainer) / "last.ckpt"
         partial = final.with_name("last.ckpt.partial")
-        trainer.save_checkpoint(partial)  # every rank takes part; rank 0 writes
+        trainer.save_checkpoint(partial, weights_only=False)  # every rank joins; rank 0 writes
         if trainer.is_global_zero:
             os.replace(partial, final)
         trainer.strategy.barrier("last_checkpoint")
