@@ -159,7 +159,8 @@ def _load_weights(path: Path, model: Seq2Seq, state_dict: dict) -> None:
         raise CheckpointError(
             f"{path}: weights do not match the model config: {'; '.join(problems)}"
         )
-    model.load_state_dict(weights)
+    model.load_state_dict(weights, assign=True)
+    model.tie_weights()  # assign=True gave each key its own tensor
 
 
 def load_model(path: str | os.PathLike, map_location="cpu") -> LoadedModel:
@@ -179,7 +180,13 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> LoadedModel:
     state_dict = checkpoint.get("state_dict")
     if not isinstance(state_dict, dict):
         raise CheckpointError(f"{path}: no 'state_dict' entry")
-    model = Seq2Seq(config)
+    # Built without memory first: a hostile config (hidden size 2**40) must not allocate
+    # before its shapes are checked against the tensors the file really holds.
+    try:
+        with torch.device("meta"):
+            model = Seq2Seq(config)
+    except RuntimeError as e:  # sizes past what a tensor can index
+        raise CheckpointError(f"{path}: bad model config ({_reason(e)})") from None
     _load_weights(path, model, state_dict)
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)

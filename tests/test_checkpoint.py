@@ -113,3 +113,20 @@ def test_unknown_format_is_refused(tmp_path, decoding_checkpoint):
     path = tmp_path / "future.ckpt"
     _rewrite(decoding_checkpoint, path, lambda c: c["seq2seq"].update(format=2))
     _one_line_error(path, "unsupported checkpoint format 2")
+
+
+@pytest.mark.parametrize("size,match", [(2**18, "weights do not match"),
+                                        (2**40, "bad model config")])
+def test_huge_config_is_refused_before_any_allocation(tmp_path, decoding_checkpoint, size, match):
+    """A config claiming 2**18 hidden units would need ~1 TB: checked against the file's real
+    tensors first, it is a one-line error, not an out-of-memory kill."""
+    hostile = tmp_path / "huge.ckpt"
+    _rewrite(decoding_checkpoint, hostile,
+             lambda c: c["seq2seq"]["model_config"].update(decoder_hidden_size=size))
+    _one_line_error(hostile, match)
+
+
+def test_loaded_model_keeps_its_weights_tied(decoding_checkpoint):
+    model = load_model(decoding_checkpoint).model
+    assert model.decoder.output_layer.weight is model.decoder.embedding.weight
+    assert not any(p.is_meta for p in model.parameters())

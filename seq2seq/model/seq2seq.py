@@ -74,6 +74,15 @@ class Seq2Seq(nn.Module):
             config.tie_output_embedding,
         )
 
+    def tie_weights(self) -> None:
+        """Make the shared embeddings and the tied output layer one tensor again (after loading
+        weights by assignment, each key holds its own)."""
+        decoder = self.decoder
+        if self.config.share_embeddings:
+            decoder.embedding.weight = self.encoder.embedding.weight
+        if self.config.tie_output_embedding:
+            decoder.output_layer.weight = decoder.embedding.weight
+
     def encode(
         self, src: torch.Tensor, src_lengths: torch.Tensor
     ) -> tuple[EncoderMemory, DecoderState]:
