@@ -94,13 +94,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--decode-batch", type=int, default=None,
         help="sentences per decoding batch (default: 64; with --peer about 2,000 source tokens)",
     )
+    parser.add_argument(
+        "--fixed-len", type=int, default=None,
+        help="also decode at exactly this many output tokens, EOS blocked (default: 30 with "
+        "--peer, none otherwise); 0 turns it off",
+    )
     parser.add_argument("--precision", help="Lightning precision (default: the config's)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--json", action="store_true", help="end with one line of JSON")
     args = parser.parse_args(argv)
-    if args.warmup_steps < 1 or args.seconds <= 0 or args.sentences < 1:
-        parser.error("need --warmup-steps >= 1, --seconds > 0 and --sentences >= 1")
+    if args.fixed_len is None:
+        args.fixed_len = PEER_FIXED_LEN if args.peer else 0
+    if args.warmup_steps < 1 or args.seconds <= 0 or args.sentences < 1 or args.fixed_len < 0:
+        parser.error("need --warmup-steps >= 1, --seconds > 0, --sentences >= 1, --fixed-len >= 0")
     return args
 
 
@@ -131,7 +138,7 @@ def cpu_info() -> dict:
     }
 
 
-def peak_matmul_flops(dtype: torch.dtype, max_n: int = 2048, budget_s: float = 1.5) -> float:
+def peak_matmul_flops(dtype: torch.dtype, max_n: int = 2048, budget_s: float = 3.0) -> float:
     """The best FLOP/s of a square `torch.mm` in `dtype`: the ceiling the model could reach.
 
     The size doubles from 256 while one product takes under 50 ms (up to max_n), so that a
@@ -336,12 +343,12 @@ def min_len_search(min_len: int):
 
 def decode(
     translator: Translator, texts: list[str], beam: int, batch: int, max_len_a: float,
-    max_len_b: float, min_len: int = 1,
+    max_len_b: float, min_len: int = 0,
 ) -> dict:
     """Translates `texts` once -> seconds, sentences/s, output tokens/s (EOS excluded)."""
     options = dict(beam_size=beam, batch_size=batch, max_len_a=max_len_a, max_len_b=max_len_b)
     patch = contextlib.nullcontext()
-    if min_len > 1:
+    if min_len > 0:
         if "min_len" in inspect.signature(translator.translate).parameters:
             options["min_len"] = min_len
         else:
@@ -351,7 +358,7 @@ def decode(
         results = translator.translate(texts, **options)
         seconds = time.perf_counter() - start
     lengths = [len(nbest[0].tokens) for nbest in results]
-    if min_len > 1 and min(lengths) < min_len:
+    if min_len > 0 and min(lengths) < min_len:
         raise SystemExit(f"benchmark: min_len {min_len} was not applied (shortest {min(lengths)})")
     return {
         "seconds": round(seconds, 3),
@@ -362,7 +369,8 @@ def decode(
 
 
 def decode_all(translator: Translator, args, test_texts: list[str], peer: bool) -> dict:
-    """The decodes to report: greedy and beam 5, and with --peer also at a fixed 30 tokens."""
+    """The decodes to report: greedy and beam 5, each stopping at EOS and, with --fixed-len N
+    (--peer: 30), at exactly N tokens: the rows whose work does not depend on the weights."""
     texts = test_texts[: args.sentences]
     batch = args.decode_batch
     if batch is None:
@@ -376,11 +384,10 @@ def decode_all(translator: Translator, args, test_texts: list[str], peer: bool) 
         name = "greedy" if beam == 1 else f"beam{beam}"
         log(f"decoding {len(texts)} sentences, {name}, {batch} per batch")
         runs[name] = decode(translator, texts, beam, batch, *limits)
-        if peer:
-            log(f"decoding {len(texts)} sentences, {name}, fixed {PEER_FIXED_LEN} tokens")
-            runs[f"fixed{PEER_FIXED_LEN}_{name}"] = decode(
-                translator, texts, beam, batch, 0.0, PEER_FIXED_LEN, min_len=PEER_FIXED_LEN
-            )
+        n = args.fixed_len
+        if n:
+            log(f"decoding {len(texts)} sentences, {name}, fixed {n} tokens")
+            runs[f"fixed{n}_{name}"] = decode(translator, texts, beam, batch, 0.0, n, min_len=n)
     return {"decode_batch_sentences": batch, "decode": runs}
 
 
