@@ -12,7 +12,7 @@ decoding. Training speed is target tokens (non-pad `tgt_out`, EOS included) per 
 `--seconds` of steps after `--warmup-steps` steps; decoding speed is sentences and output tokens
 (EOS excluded) per second. Decoding uses the weights trained here, so quality means nothing.
 
-`--peer` rebuilds the peer benchmark of ../shared/peers (OpenNMT-py, fairseq, Joey NMT): 20,000
+`--peer` rebuilds the peers kit's benchmark (OpenNMT-py, fairseq, Joey NMT): 20,000
 training lines of 5-30 words drawn from w0000..w1999, target = source reversed, 1,000 test
 lines, 2,000-token batches, Adam 1e-3, no label smoothing. `--peer onmt` (the default) matches
 OpenNMT-py's sizes, where `enc_hid_size: 256` is split over the two directions (128 each);
@@ -185,7 +185,7 @@ def load_config(path: Path) -> dict:
 
 
 def peer_config(variant: str, data_dir: Path) -> dict:
-    """The peers' model (../shared/peers/onmt_rnn_bahdanau.yaml, joeynmt_rnn_bahdanau.yaml):
+    """The peers' model (peers kit: onmt_rnn_bahdanau.yaml, joeynmt_rnn_bahdanau.yaml):
     separate untied embeddings of 256, one biLSTM encoder layer, one LSTM decoder layer of 256
     with input feeding and additive attention of 256, dropout 0.1, Adam 1e-3, clipping 1.0."""
     return {

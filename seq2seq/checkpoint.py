@@ -101,9 +101,7 @@ def _read(path: Path, map_location, mmap: bool = False) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pickle-protocol chatter; errors still raise
-            checkpoint = torch.load(
-                path, map_location=map_location, weights_only=True, mmap=mmap
-            )
+            checkpoint = torch.load(path, map_location, weights_only=True, mmap=mmap)
     except Exception as e:
         # weights_only names the global it blocked; anything else it cannot read is damage.
         blocked = [line for line in str(e).splitlines() if "unsupported global" in line.lower()]
