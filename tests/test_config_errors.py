@@ -98,6 +98,19 @@ def test_a_good_config_still_parses(tmp_path, train, capsys, monkeypatch):
     assert yaml.safe_load(capsys.readouterr().out)["model"]["decoder_hidden_size"] == 32
 
 
+@pytest.mark.parametrize(
+    "config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda path: path.name
+)
+def test_every_shipped_config_parses(config, train, capsys, monkeypatch):
+    # A renamed option or a typo in a recipe would otherwise surface only when a user runs it.
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--config", str(config), "--print_config"])
+    assert exit_.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"] == {**printed["model"], **yaml.safe_load(config.read_text())["model"]}
+
+
 # --- translate: option errors are argparse errors, one line ---
 
 
