@@ -15,6 +15,7 @@ from pathlib import Path
 
 from seq2seq.checkpoint import CheckpointError
 from seq2seq.data.corpus import CorpusError, read_lines
+from seq2seq.ensemble import COMBINE
 from seq2seq.metrics import corpus_scores
 from seq2seq.translator import Translator
 
@@ -34,6 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
     parser.add_argument("--length-penalty", type=float, default=1.0, help="GNMT alpha")
     parser.add_argument("--max-src-len", type=int, default=250, help="longer sources are cut")
+    parser.add_argument(
+        "--ensemble-combine",
+        choices=COMBINE,
+        default="log_prob",
+        help="with several checkpoints: average log-probabilities (default) or probabilities",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--output", type=Path, help="write the hypotheses here, one per line")
     parser.add_argument("--json", action="store_true", help="end with one line of JSON")
@@ -48,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             raise CorpusError(
                 f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}"
             )
-        translator = Translator.from_checkpoints(args.checkpoint, device=args.device)
+        translator = Translator.from_checkpoints(
+            args.checkpoint, device=args.device, combine=args.ensemble_combine
+        )
     except (CheckpointError, CorpusError) as e:
         print(f"decode: error: {e}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from seq2seq.checkpoint import CheckpointError
+from seq2seq.ensemble import COMBINE
 from seq2seq.translator import TranslationResult, Translator, empty_result
 
 READ_SIZE = 1 << 16  # bytes per read from a pipe; a terminal returns one line per read
@@ -86,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="longer inputs are cut to this many pieces (with a warning)",
     )
     parser.add_argument("--batch-size", type=_positive_int, default=64, help="sentences")
+    parser.add_argument(
+        "--ensemble-combine",
+        choices=COMBINE,
+        default="log_prob",
+        help="with several -m: average log-probabilities (default) or probabilities",
+    )
     parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:1")
     parser.add_argument(
         "--plot-attention",
@@ -240,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.input and not args.input.is_file():
         return _fail(f"{args.input}: no such input file")
     try:
-        translator = Translator.from_checkpoints(args.model, device=args.device)
+        translator = Translator.from_checkpoints(
+            args.model, device=args.device, combine=args.ensemble_combine
+        )
     except CheckpointError as e:
         return _fail(str(e))
     except (RuntimeError, AssertionError, ValueError) as e:  # what torch raises for devices

@@ -1,4 +1,5 @@
-"""Several models decoding as one: the average of their next-token probabilities.
+"""Several models decoding as one: at each step, the average of their next-token log-probabilities
+(a product of experts, renormalised), or of their probabilities.
 
 `Ensemble` has the interface search uses (`encode`, `decode_step`, `reorder_state`,
 `reorder_memory`), so greedy and beam search run it unchanged. Its memory and state are tuples
@@ -16,15 +17,22 @@ from torch import nn
 from seq2seq.checkpoint import LoadedModel, check_same_vocabulary, load_model
 from seq2seq.model import DecoderState, EncoderMemory, Seq2Seq
 
+COMBINE = ("log_prob", "prob")
 Memories = tuple[EncoderMemory, ...]  # one per member
 States = tuple[DecoderState, ...]  # one per member
 
 
 class Ensemble(nn.Module):
-    def __init__(self, models: Sequence[Seq2Seq]):
+    def __init__(self, models: Sequence[Seq2Seq], combine: str = "log_prob"):
+        """combine: "log_prob" averages the members' log-probabilities and renormalises (a token
+        must convince every member: OpenNMT-py's choice); "prob" averages probabilities (one
+        confident member suffices: fairseq's choice)."""
         super().__init__()
         if not models:
             raise ValueError("an ensemble needs at least one model")
+        if combine not in COMBINE:
+            raise ValueError(f"ensemble combine must be one of {COMBINE}, got {combine!r}")
+        self.combine = combine
         sizes = {(m.config.src_vocab_size, m.config.tgt_vocab_size) for m in models}
         if len(sizes) > 1:
             raise ValueError(f"ensemble members disagree on (source, target) vocab sizes: {sizes}")
@@ -38,17 +46,23 @@ class Ensemble(nn.Module):
     def decode_step(
         self, prev_tokens: torch.Tensor, states: States, memories: Memories
     ) -> tuple[torch.Tensor, States, torch.Tensor]:
-        """prev_tokens (B,) -> log of the members' mean probabilities (B, V) in float32, the
-        next states, and the first member's alphas (B, S): one attention to show, not a blend
-        of alignments that need not agree."""
+        """prev_tokens (B,) -> the combined log-probabilities (B, V) in float32, the next
+        states, and the first member's alphas (B, S): one attention to show, not a blend of
+        alignments that need not agree."""
         steps = [
             m.decode_step(prev_tokens, s, mem)
             for m, s, mem in zip(self.models, states, memories, strict=True)
         ]
+        if len(steps) == 1:  # bit for bit the model alone: renormalising would round
+            log_probs, state, alphas = steps[0]
+            return log_probs, (state,), alphas
         log_probs = torch.stack([lp for lp, _, _ in steps])  # (M, B, V)
-        # log(mean(p)) in log space: probabilities of rare tokens would underflow as p.
-        mean = torch.logsumexp(log_probs, dim=0) - math.log(len(steps))  # (B, V)
-        return mean, tuple(s for _, s, _ in steps), steps[0][2]
+        if self.combine == "log_prob":
+            combined = torch.log_softmax(log_probs.mean(dim=0), dim=-1)  # (B, V)
+        else:
+            # log(mean(p)) in log space: probabilities of rare tokens would underflow as p.
+            combined = torch.logsumexp(log_probs, dim=0) - math.log(len(steps))  # (B, V)
+        return combined, tuple(s for _, s, _ in steps), steps[0][2]
 
     def reorder_state(self, states: States, index: torch.Tensor) -> States:
         return tuple(m.reorder_state(s, index) for m, s in zip(self.models, states, strict=True))
@@ -59,8 +73,11 @@ class Ensemble(nn.Module):
         )
 
 
-def load_ensemble(paths: Sequence[str | os.PathLike], map_location="cpu") -> LoadedModel:
-    """One checkpoint loads as its Seq2Seq; several as an Ensemble of them.
+def load_ensemble(
+    paths: Sequence[str | os.PathLike], map_location="cpu", combine: str = "log_prob"
+) -> LoadedModel:
+    """One checkpoint loads as its Seq2Seq; several as an Ensemble of them (see `Ensemble` for
+    `combine`).
 
     Raises checkpoint.CheckpointError (one line naming the file) for a file that cannot be
     loaded or that does not match the first: other SentencePiece models or other languages.
@@ -72,4 +89,4 @@ def load_ensemble(paths: Sequence[str | os.PathLike], map_location="cpu") -> Loa
         check_same_vocabulary(paths[0], first, path, other)
     if not others:
         return first
-    return first._replace(model=Ensemble([first.model, *(o.model for o in others)]).eval())
+    return first._replace(model=Ensemble([first.model, *(o.model for o in others)], combine).eval())

@@ -73,13 +73,17 @@ class Translator:
 
     @classmethod
     def from_checkpoints(
-        cls, paths: list[str | os.PathLike], device: torch.device | str = "cpu"
+        cls,
+        paths: list[str | os.PathLike],
+        device: torch.device | str = "cpu",
+        combine: str = "log_prob",
     ) -> "Translator":
-        """One checkpoint, or an ensemble of several that share both SentencePiece models.
+        """One checkpoint, or an ensemble of several that share both SentencePiece models
+        (`combine`: see `seq2seq.ensemble.Ensemble`).
 
         Raises checkpoint.CheckpointError (one line) for a file that cannot be used or joined.
         """
-        loaded = load_ensemble(paths, map_location="cpu")
+        loaded = load_ensemble(paths, map_location="cpu", combine=combine)
         return cls(loaded.model, loaded.src_tokenizer, loaded.tgt_tokenizer, device)
 
     def translate(

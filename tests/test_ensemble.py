@@ -88,9 +88,17 @@ def test_a_model_with_itself_is_that_model(decoding_model, batch):
         _same(ours[0], theirs[0], tolerance=1e-5)
 
 
-def test_decode_step_is_the_log_of_the_mean_probability(decoding_model, other_model, batch):
+# What each combination must equal, from the members' own log-probabilities (M, N, V).
+COMBINED = {
+    "log_prob": lambda lp: torch.log_softmax(lp.mean(dim=0), dim=-1),
+    "prob": lambda lp: lp.exp().mean(dim=0).log(),
+}
+
+
+@pytest.mark.parametrize("combine", COMBINED)
+def test_decode_step_combines_the_members(decoding_model, other_model, batch, combine):
     models = [decoding_model, other_model]
-    ensemble = Ensemble(models)
+    ensemble = Ensemble(models, combine)
     src, src_lengths = batch
     rows = torch.tensor([5, 0, 0, 3])  # (N,) as beam search reorders: rows repeat and move
     memories, states = ensemble.encode(src, src_lengths)
@@ -105,12 +113,21 @@ def test_decode_step_is_the_log_of_the_mean_probability(decoding_model, other_mo
         for _ in range(3):
             log_probs, states, alphas = ensemble.decode_step(prev, states, memories)  # (N, V)
             steps = [m.decode_step(prev, s, mem) for m, (mem, s) in zip(models, alone, strict=True)]
-            mean = (steps[0][0].exp() + steps[1][0].exp()) / 2  # (N, V)
-            torch.testing.assert_close(log_probs, mean.log(), atol=1e-5, rtol=1e-5)
+            expected = COMBINED[combine](torch.stack([lp for lp, _, _ in steps]))  # (N, V)
+            torch.testing.assert_close(log_probs, expected, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(log_probs.exp().sum(dim=1), torch.ones(len(rows)))
             assert log_probs.dtype == torch.float32
             assert torch.equal(alphas, steps[0][2])  # the first member's attention
             alone = [(mem, s) for (mem, _), (_, s, _) in zip(alone, steps, strict=True)]
             prev = log_probs.argmax(dim=1)
+    # The two combinations are different rules, not two spellings of one.
+    members = torch.stack([lp for lp, _, _ in steps])  # (M, N, V)
+    assert not torch.allclose(COMBINED["log_prob"](members), COMBINED["prob"](members), atol=1e-3)
+
+
+def test_unknown_combine_is_refused(decoding_model):
+    with pytest.raises(ValueError, match="combine"):
+        Ensemble([decoding_model], "max")
 
 
 def test_two_models_run_through_search(decoding_model, other_model, batch):
