@@ -24,9 +24,10 @@ States = tuple[DecoderState, ...]  # one per member
 
 class Ensemble(nn.Module):
     def __init__(self, models: Sequence[Seq2Seq], combine: str = "log_prob"):
-        """combine: "log_prob" averages the members' log-probabilities and renormalises (a token
-        must convince every member: OpenNMT-py's choice); "prob" averages probabilities (one
-        confident member suffices: fairseq's choice)."""
+        """combine: "log_prob" averages the members' log-probabilities (OpenNMT-py's rule) and,
+        unlike OpenNMT-py, renormalises, so that scores stay log-probabilities: a token must
+        convince every member; "prob" averages probabilities (fairseq's rule): one confident
+        member suffices."""
         super().__init__()
         if not models:
             raise ValueError("an ensemble needs at least one model")
