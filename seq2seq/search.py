@@ -21,7 +21,11 @@ from typing import NamedTuple
 
 import torch
 
-from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID
+
+# The output length limit a * source length + b, for every caller that does not choose its own.
+MAX_LEN_A = 1.5
+MAX_LEN_B = 10
 
 
 @dataclass
@@ -36,6 +40,12 @@ class Hypothesis:
 def ranking_score(log_prob: float, length: int, alpha: float) -> float:
     """log_prob over the GNMT length penalty ((5 + length) / 6) ** alpha; length counts EOS."""
     return log_prob / ((5.0 + length) / 6.0) ** alpha if alpha > 0 else log_prob
+
+
+def check_nbest(beam_size: int, nbest: int) -> None:
+    """The one rule for the search options: a beam of at least 1 and 1 <= nbest <= beam."""
+    if beam_size < 1 or not 1 <= nbest <= beam_size:
+        raise ValueError(f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam_size={beam_size}")
 
 
 def _max_lengths(
@@ -69,8 +79,8 @@ def greedy_search(
     model,
     src: torch.Tensor,
     src_lengths: torch.Tensor,
-    max_len_a: float = 1.5,
-    max_len_b: float = 10,
+    max_len_a: float = MAX_LEN_A,
+    max_len_b: float = MAX_LEN_B,
     min_len: int = 1,
     length_penalty: float = 1.0,
 ) -> list[Hypothesis]:
@@ -160,8 +170,8 @@ def beam_search(
     beam_size: int = 5,
     nbest: int = 1,
     length_penalty: float = 1.0,
-    max_len_a: float = 1.5,
-    max_len_b: float = 10,
+    max_len_a: float = MAX_LEN_A,
+    max_len_b: float = MAX_LEN_B,
     min_len: int = 1,
 ) -> list[list[Hypothesis]]:
     """src (B, S) padded with PAD and ending in EOS, src_lengths (B,) -> nbest each, best first.
@@ -172,8 +182,7 @@ def beam_search(
     a sentence stops when it has k finished hypotheses or reaches its length limit, and leaves
     the batch. The survivors' history is kept as back-pointers and read back at the end.
     """
-    if beam_size < 1 or not 1 <= nbest <= beam_size:
-        raise ValueError(f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam={beam_size}")
+    check_nbest(beam_size, nbest)
     k = beam_size
     batch = src.size(0)
     if batch == 0:

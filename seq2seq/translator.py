@@ -8,10 +8,23 @@ import torch
 
 from seq2seq.checkpoint import load_model
 from seq2seq.data.corpus import clean
-from seq2seq.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
+from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.ensemble import Ensemble, load_ensemble
 from seq2seq.model import Seq2Seq
-from seq2seq.search import Hypothesis, beam_search, greedy_search
+from seq2seq.search import (
+    MAX_LEN_A,
+    MAX_LEN_B,
+    Hypothesis,
+    beam_search,
+    check_nbest,
+    greedy_search,
+)
+from seq2seq.special_tokens import EOS_ID, PAD_ID
+
+# The defaults of every entry point that translates (translate, decode, the service).
+BEAM_SIZE = 5
+BATCH_SIZE = 64  # sentences
+MAX_SRC_LEN = 250  # source pieces; longer inputs are cut, with a warning
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
@@ -89,22 +102,23 @@ class Translator:
     def translate(
         self,
         texts: list[str],
-        beam_size: int = 5,
+        beam_size: int = BEAM_SIZE,
         nbest: int = 1,
         length_penalty: float = 1.0,
-        max_len_a: float = 1.5,
-        max_len_b: float = 10,
-        batch_size: int = 64,
-        max_src_len: int = 250,
+        max_len_a: float = MAX_LEN_A,
+        max_len_b: float = MAX_LEN_B,
+        batch_size: int = BATCH_SIZE,
+        max_src_len: int = MAX_SRC_LEN,
+        min_len: int = 1,
     ) -> list[list[TranslationResult]]:
         """The nbest translations of each text, best first, in input order.
 
         An empty text (after cleaning) gets one empty result and never reaches the model.
+        `min_len` blocks EOS until that many tokens exist (benchmarks decode fixed lengths).
         """
-        if beam_size < 1 or batch_size < 1 or max_src_len < 1:
-            raise ValueError("beam_size, batch_size and max_src_len must be >= 1")
-        if not 1 <= nbest <= beam_size:
-            raise ValueError(f"need 1 <= nbest <= beam_size, got {nbest} and {beam_size}")
+        check_nbest(beam_size, nbest)
+        if batch_size < 1 or max_src_len < 1 or min_len < 0:
+            raise ValueError("batch_size and max_src_len must be >= 1, min_len >= 0")
         ids = self.src_tokenizer.encode([clean(_well_formed(t)) for t in texts])
         results: list[list[TranslationResult]] = [[empty_result()] for _ in texts]
         # Similar lengths share a batch, so little of it is padding; longest first, so that a
@@ -114,7 +128,10 @@ class Translator:
             batch = order[start : start + batch_size]
             src_ids = [ids[i][:max_src_len] for i in batch]
             src, src_lengths = source_batch(src_ids, self.device)
-            options = dict(max_len_a=max_len_a, max_len_b=max_len_b, length_penalty=length_penalty)
+            options = dict(
+                max_len_a=max_len_a, max_len_b=max_len_b, length_penalty=length_penalty,
+                min_len=min_len,
+            )
             if beam_size == 1:
                 nbests = [[h] for h in greedy_search(self.model, src, src_lengths, **options)]
             else:
