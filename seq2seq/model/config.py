@@ -1,0 +1,34 @@
+"""`ModelConfig`: the network's shape, the one place its defaults and checks live.
+
+Training reads this dataclass directly (every field is a `--model.<field>` option and YAML key),
+checkpoints and model folders store it, and the FLOP count reads it. The vocabulary sizes are not
+here: they come from the SentencePiece models, and `Seq2Seq` takes them beside the config.
+"""
+
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class ModelConfig:
+    embedding_size: int = 256
+    encoder_hidden_size: int = 256  # per direction
+    encoder_layers: int = 1
+    decoder_hidden_size: int = 512
+    decoder_layers: int = 1
+    attention_size: int = 256
+    dropout: float = 0.3  # encoder outputs, between layers, readout
+    embedding_dropout: float = 0.1
+    tie_output_embedding: bool = True  # decoder output layer = target embedding
+    share_embeddings: bool = True  # one table for source and target: needs a joint vocabulary
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type is int and (type(value) is not int or value <= 0):
+                raise ValueError(f"model.{f.name} must be an integer > 0, got {value!r}")
+            if f.type is float and not (
+                isinstance(value, (int, float)) and 0.0 <= value < 1.0
+            ):
+                raise ValueError(f"model.{f.name} must be in [0, 1), got {value!r}")
+            if f.type is bool and not isinstance(value, bool):
+                raise ValueError(f"model.{f.name} must be true or false, got {value!r}")
