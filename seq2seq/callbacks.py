@@ -35,15 +35,16 @@ class TranslationSamples(L.Callback):
         with torch.inference_mode():
             hyps = greedy_search(
                 model, batch.src.to(pl_module.device), batch.src_lengths.to(pl_module.device),
-                pl_module.hparams.val_max_len_a, pl_module.hparams.val_max_len_b,
+                pl_module.config.val_max_len_a, pl_module.config.val_max_len_b,
             )
         model.train(was_training)
-        src_tok, tgt_tok = pl_module.src_tokenizer, pl_module.tgt_tokenizer
+        task = pl_module.task
+        src_tok, tgt_tok = task.src_tokenizer, task.tgt_tokenizer
         rows = ["| source | reference | translation |", "|---|---|---|"]
         for k, ((index, src_ids, _), hyp) in enumerate(zip(examples, hyps, strict=True)):
             translation = tgt_tok.decode([hyp.tokens])[0]
             rows.append(
-                f"| {dm.val_sources[index]} | {dm.val_references[index]} | {translation} |"
+                f"| {task.val_sources[index]} | {task.val_references[index]} | {translation} |"
             )
             figure = attention_figure(
                 src_tok.pieces(src_ids) + ["</s>"],

@@ -2,8 +2,10 @@
 
 Layout (a Lightning checkpoint written by training has the same two keys plus its own):
     {"state_dict": {"model.<param>": tensor, ...},
-     "seq2seq": {"format": 1, "model_config": {...}, "src_spm": bytes, "tgt_spm": bytes,
-                 "src_lang": str, "tgt_lang": str}}
+     "seq2seq": {"format": 2, "model_config": {...}, "src_vocab_size": int,
+                 "tgt_vocab_size": int, "special_ids": {"pad": 0, "unk": 1, "bos": 2, "eos": 3},
+                 "src_spm": bytes, "tgt_spm": bytes, "src_lang": str, "tgt_lang": str}}
+Format 1 kept the vocabulary sizes and the pad id inside "model_config"; it still loads.
 
 Loading uses `torch.load(..., weights_only=True)` only: a checkpoint is data, never code.
 """
@@ -19,8 +21,10 @@ import torch
 
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.model import ModelConfig, Seq2Seq
+from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
-FORMAT = 1
+FORMAT = 2
+SPECIAL_IDS = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
 PREFIX = "model."  # where the LightningModule keeps the Seq2Seq, so both layouts agree
 
 
@@ -47,6 +51,9 @@ def make_payload(
     return {
         "format": FORMAT,
         "model_config": dataclasses.asdict(model.config),
+        "src_vocab_size": model.src_vocab_size,
+        "tgt_vocab_size": model.tgt_vocab_size,
+        "special_ids": SPECIAL_IDS,
         "src_spm": src_tokenizer.model_proto,
         "tgt_spm": tgt_tokenizer.model_proto,
         "src_lang": src_lang,
@@ -85,6 +92,11 @@ def save_model(
 _BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's first line: what a one-line error message can quote of it."""
+    return (str(error).strip().splitlines() or [""])[0]
+
+
 def _reason(error: BaseException, limit: int = 160) -> str:
     """The informative first sentence of an exception, prefixed with its type."""
     lines = [line.strip() for line in str(error).splitlines()]
@@ -119,14 +131,14 @@ def _read(path: Path, map_location, mmap: bool = False) -> dict:
     return checkpoint
 
 
-def _tokenizer(path: Path, meta: dict, side: str, vocab_size: int) -> Tokenizer:
+def _tokenizer(path: Path, meta: dict, side: str, vocab_size: int | None = None) -> Tokenizer:
     try:
         tokenizer = Tokenizer(meta[f"{side}_spm"])
     except Exception as e:
         raise CheckpointError(
             f"{path}: bad {side} SentencePiece model ({_reason(e)})"
         ) from None
-    if tokenizer.vocab_size != vocab_size:
+    if vocab_size is not None and tokenizer.vocab_size != vocab_size:
         raise CheckpointError(
             f"{path}: the {side} tokenizer has {tokenizer.vocab_size} pieces but the model "
             f"expects {vocab_size}"
@@ -144,13 +156,19 @@ def _load_weights(path: Path, model: Seq2Seq, state_dict: dict) -> None:
         for k in expected.keys() & weights.keys()
         if not isinstance(weights[k], torch.Tensor) or weights[k].shape != expected[k].shape
     )
-    if missing or unexpected or mismatched:
+    wrong_dtype = sorted(
+        k
+        for k in expected.keys() & weights.keys()
+        if k not in mismatched and weights[k].dtype != expected[k].dtype
+    )
+    if missing or unexpected or mismatched or wrong_dtype:
         problems = [
             f"{label} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
             for label, names in (
                 ("missing", missing),
                 ("unexpected", unexpected),
                 ("wrong shape", mismatched),
+                ("wrong dtype", wrong_dtype),
             )
             if names
         ]
@@ -161,34 +179,71 @@ def _load_weights(path: Path, model: Seq2Seq, state_dict: dict) -> None:
     model.tie_weights()  # assign=True gave each key its own tensor
 
 
+def _model_config(path: Path, meta: dict) -> tuple[ModelConfig, int, int]:
+    """-> the model config and the source and target vocabulary sizes, any format."""
+    version = meta.get("format")
+    if version not in (1, FORMAT):
+        raise CheckpointError(f"{path}: unsupported checkpoint format {version!r}")
+    try:
+        config = dict(meta["model_config"])
+        if version == 1:
+            special_ids = {"pad": config.pop("pad_id", PAD_ID)}
+            sizes = config.pop("src_vocab_size"), config.pop("tgt_vocab_size")
+        else:
+            special_ids = meta["special_ids"]
+            sizes = meta["src_vocab_size"], meta["tgt_vocab_size"]
+        config = ModelConfig(**config)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad model config ({_reason(e)})") from None
+    for name, token_id in special_ids.items():
+        if SPECIAL_IDS.get(name) != token_id:
+            raise CheckpointError(
+                f"{path}: the model's {name} id is {token_id!r}, but seq2seq's tokenizers use "
+                f"{SPECIAL_IDS.get(name)!r}"
+            )
+    return config, *sizes
+
+
+def _empty_model(path: Path, config: ModelConfig, src_vocab_size, tgt_vocab_size) -> Seq2Seq:
+    """The model on the meta device: a hostile config (hidden size 2**40) must not allocate
+    before its shapes are checked against the tensors the file really holds."""
+    try:
+        with torch.device("meta"):
+            return Seq2Seq(config, src_vocab_size, tgt_vocab_size)
+    except (RuntimeError, ValueError) as e:  # sizes past what a tensor can index, or bad sizes
+        raise CheckpointError(f"{path}: bad model config ({_reason(e)})") from None
+
+
 def load_model(path: str | os.PathLike, map_location="cpu") -> LoadedModel:
     """Load a checkpoint written by `save_model` or by training; every failure is one line."""
     path = Path(path)
     checkpoint = _read(path, map_location)
     meta = checkpoint["seq2seq"]
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
+    config, src_vocab_size, tgt_vocab_size = _model_config(path, meta)
     try:
-        config = ModelConfig(**meta["model_config"])
         src_lang, tgt_lang = str(meta["src_lang"]), str(meta["tgt_lang"])
-    except (KeyError, TypeError, ValueError) as e:
+    except KeyError as e:
         raise CheckpointError(f"{path}: bad model config ({_reason(e)})") from None
-    src_tokenizer = _tokenizer(path, meta, "src", config.src_vocab_size)
-    tgt_tokenizer = _tokenizer(path, meta, "tgt", config.tgt_vocab_size)
+    src_tokenizer = _tokenizer(path, meta, "src", src_vocab_size)
+    tgt_tokenizer = _tokenizer(path, meta, "tgt", tgt_vocab_size)
     state_dict = checkpoint.get("state_dict")
     if not isinstance(state_dict, dict):
         raise CheckpointError(f"{path}: no 'state_dict' entry")
-    # Built without memory first: a hostile config (hidden size 2**40) must not allocate
-    # before its shapes are checked against the tensors the file really holds.
-    try:
-        with torch.device("meta"):
-            model = Seq2Seq(config)
-    except RuntimeError as e:  # sizes past what a tensor can index
-        raise CheckpointError(f"{path}: bad model config ({_reason(e)})") from None
+    model = _empty_model(path, config, src_vocab_size, tgt_vocab_size)
     _load_weights(path, model, state_dict)
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     return LoadedModel(model.eval(), src_tokenizer, tgt_tokenizer, src_lang, tgt_lang)
+
+
+def read_tokenizers(path: str | os.PathLike) -> tuple[Tokenizer, Tokenizer]:
+    """The source and target SentencePiece models a checkpoint was trained with (one object
+    twice when they are the same model). Memory-mapped: the weights are not read."""
+    path = Path(path)
+    meta = _read(path, "cpu", mmap=True)["seq2seq"]
+    src = _tokenizer(path, meta, "src")
+    tgt = src if meta.get("tgt_spm") == meta.get("src_spm") else _tokenizer(path, meta, "tgt")
+    return src, tgt
 
 
 def read_step(path: str | os.PathLike) -> int | None:

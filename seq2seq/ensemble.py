@@ -34,7 +34,7 @@ class Ensemble(nn.Module):
         if combine not in COMBINE:
             raise ValueError(f"ensemble combine must be one of {COMBINE}, got {combine!r}")
         self.combine = combine
-        sizes = {(m.config.src_vocab_size, m.config.tgt_vocab_size) for m in models}
+        sizes = {(m.src_vocab_size, m.tgt_vocab_size) for m in models}
         if len(sizes) > 1:
             raise ValueError(f"ensemble members disagree on (source, target) vocab sizes: {sizes}")
         self.models = nn.ModuleList(models)

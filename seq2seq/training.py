@@ -3,6 +3,7 @@
 import math
 import time
 import warnings
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import lightning as L
@@ -12,10 +13,11 @@ import torch.nn.functional as F
 
 from seq2seq.checkpoint import make_payload
 from seq2seq.data.batching import Batch
-from seq2seq.data.tokenizer import PAD_ID
+from seq2seq.data.datamodule import TranslationTask
 from seq2seq.metrics import bleu
 from seq2seq.model import ModelConfig, Seq2Seq
-from seq2seq.search import greedy_search
+from seq2seq.search import MAX_LEN_A, MAX_LEN_B, greedy_search
+from seq2seq.special_tokens import PAD_ID
 
 
 class NonFiniteLossError(RuntimeError):
@@ -23,50 +25,64 @@ class NonFiniteLossError(RuntimeError):
     so the weights are still those from before the fault (and are saved to last.ckpt)."""
 
 
+@dataclass
+class TrainingConfig(ModelConfig):
+    """The `model:` section of a training config: the network (`ModelConfig`'s fields) and how
+    it is trained. The training CLI reads this dataclass directly, so every field is a
+    `--model.<field>` option; each is checked here, once, before any data is read."""
+
+    label_smoothing: float = 0.1  # epsilon of the label-smoothed cross-entropy
+    lr: float = 1e-3  # Adam
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear learning-rate warm-up over this many optimizer steps
+    lr_reduce_factor: float = 0.5  # reduce the learning rate by this factor when val/bleu
+    lr_patience: int = 1  # has not improved for this many validations,
+    min_lr: float = 1e-5  # down to this
+    max_bad_steps: int = 5  # this many consecutive non-finite losses stop training
+    val_max_len_a: float = MAX_LEN_A  # greedy validation decodes at most a * src_len + b
+    val_max_len_b: int = MAX_LEN_B
+
+    def __post_init__(self):
+        super().__post_init__()
+        checks = {
+            "label_smoothing": 0.0 <= self.label_smoothing < 1.0,
+            "lr": self.lr > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "warmup_steps": self.warmup_steps >= 0,
+            "lr_reduce_factor": 0.0 < self.lr_reduce_factor < 1.0,
+            "lr_patience": self.lr_patience >= 0,
+            "min_lr": self.min_lr >= 0,
+            "max_bad_steps": self.max_bad_steps > 0,
+            "val_max_len_a": self.val_max_len_a >= 0,
+            "val_max_len_b": self.val_max_len_b >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"model.{name} is out of range: {getattr(self, name)!r}")
+
+    def model_config(self) -> ModelConfig:
+        """The network's part of this config."""
+        return ModelConfig(**{f.name: getattr(self, f.name) for f in fields(ModelConfig)})
+
+
+def check_embedding_sharing(config: ModelConfig, joint_vocab: bool) -> None:
+    """One embedding table for both languages needs one SentencePiece model for both: with two,
+    the same id would mean different pieces on each side."""
+    if config.share_embeddings and not joint_vocab:
+        raise ValueError(
+            "model.share_embeddings needs data.joint_vocab: true (one SentencePiece model for "
+            "both languages); set model.share_embeddings: false or data.joint_vocab: true"
+        )
+
+
 class TranslationModule(L.LightningModule):
-    def __init__(
-        self,
-        embedding_size: int = 256,
-        encoder_hidden_size: int = 256,
-        encoder_layers: int = 1,
-        decoder_hidden_size: int = 512,
-        decoder_layers: int = 1,
-        attention_size: int = 256,
-        dropout: float = 0.3,
-        embedding_dropout: float = 0.1,
-        tie_output_embedding: bool = True,
-        share_embeddings: bool = True,
-        label_smoothing: float = 0.1,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        lr_reduce_factor: float = 0.5,
-        lr_patience: int = 1,
-        min_lr: float = 1e-5,
-        max_bad_steps: int = 5,
-        val_max_len_a: float = 1.5,
-        val_max_len_b: int = 10,
-    ):
-        """
-        Args:
-            embedding_size .. share_embeddings: the model (see `seq2seq.model.ModelConfig`);
-                vocabulary sizes come from the data module's SentencePiece models.
-            label_smoothing: epsilon of the label-smoothed cross-entropy (padding ignored).
-            lr, weight_decay: Adam.
-            warmup_steps: linear learning-rate warm-up over this many optimizer steps.
-            lr_reduce_factor, lr_patience, min_lr: reduce the learning rate when val/bleu
-                has not improved for `lr_patience` validations.
-            max_bad_steps: this many consecutive non-finite losses stop training.
-            val_max_len_a, val_max_len_b: greedy validation decodes at most a * src_len + b.
-        """
+    def __init__(self, config: TrainingConfig | None = None):
         super().__init__()
-        for key in ("lr", "max_bad_steps"):
-            if locals()[key] <= 0:
-                raise ValueError(f"model.{key} must be > 0, got {locals()[key]}")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
-        self.save_hyperparameters()
+        self.config = config or TrainingConfig()
+        # Plain data in the checkpoint (it is read with weights_only=True), not the dataclass.
+        self.save_hyperparameters(asdict(self.config))
         self.model: Seq2Seq | None = None
+        self.task: TranslationTask | None = None
         self._bad_steps = 0
         self._last_step_end: float | None = None
         self._val_hyps: dict[int, str] = {}
@@ -74,28 +90,15 @@ class TranslationModule(L.LightningModule):
 
     # ----------------------------------------------------------------- model and data
     def configure_model(self) -> None:
-        """Build the model once the data module knows the vocabulary sizes."""
+        """Build the model once the data module knows the vocabulary (Lightning calls this
+        after the data module's `setup`)."""
         if self.model is not None:
             return
-        dm = self.trainer.datamodule
-        dm.setup("fit")
-        self.src_tokenizer, self.tgt_tokenizer = dm.src_tokenizer, dm.tgt_tokenizer
-        hp = self.hparams
+        self.task = task = self.trainer.datamodule.task
+        config = self.config.model_config()
+        check_embedding_sharing(config, task.joint_vocab)
         self.model = Seq2Seq(
-            ModelConfig(
-                src_vocab_size=self.src_tokenizer.vocab_size,
-                tgt_vocab_size=self.tgt_tokenizer.vocab_size,
-                embedding_size=hp.embedding_size,
-                encoder_hidden_size=hp.encoder_hidden_size,
-                encoder_layers=hp.encoder_layers,
-                decoder_hidden_size=hp.decoder_hidden_size,
-                decoder_layers=hp.decoder_layers,
-                attention_size=hp.attention_size,
-                dropout=hp.dropout,
-                embedding_dropout=hp.embedding_dropout,
-                tie_output_embedding=hp.tie_output_embedding,
-                share_embeddings=hp.share_embeddings and dm.hparams.joint_vocab,
-            )
+            config, task.src_tokenizer.vocab_size, task.tgt_tokenizer.vocab_size
         )
 
     def on_fit_start(self) -> None:
@@ -103,16 +106,15 @@ class TranslationModule(L.LightningModule):
         if self.trainer.is_global_zero and log_dir:
             run_dir = Path(log_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
-            self.src_tokenizer.save(run_dir / "spm.src.model")
-            self.tgt_tokenizer.save(run_dir / "spm.tgt.model")
+            self.task.src_tokenizer.save(run_dir / "spm.src.model")
+            self.task.tgt_tokenizer.save(run_dir / "spm.tgt.model")
             params = sum(p.numel() for p in self.model.parameters())
             self.print(f"model: {params / 1e6:.2f}M parameters")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        dm = self.trainer.datamodule
+        task = self.task
         checkpoint["seq2seq"] = make_payload(
-            self.model, self.src_tokenizer, self.tgt_tokenizer, dm.hparams.src_lang,
-            dm.hparams.tgt_lang,
+            self.model, task.src_tokenizer, task.tgt_tokenizer, task.src_lang, task.tgt_lang
         )
         # Dropout draws from these: a resumed run continues the same random stream.
         checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
@@ -120,6 +122,17 @@ class TranslationModule(L.LightningModule):
             checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Token ids mean pieces of one SentencePiece model: weights trained with another must
+        # not go on training with these (`seq2seq-train --ckpt_path` reuses the checkpoint's).
+        saved = checkpoint.get("seq2seq", {})
+        for side in ("src", "tgt"):
+            mine = getattr(self.task, f"{side}_tokenizer").model_proto
+            if saved.get(f"{side}_spm", mine) != mine:
+                raise ValueError(
+                    f"the checkpoint's {side} SentencePiece model differs from the one built "
+                    "from the data; resume with the checkpoint's (seq2seq-train does) or start "
+                    "a new run"
+                )
         rng = checkpoint.get("rng_state")
         if rng:
             torch.set_rng_state(rng["torch"])
@@ -140,11 +153,11 @@ class TranslationModule(L.LightningModule):
         return loss, (batch.tgt_out != PAD_ID).sum()
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
-        loss_sum, tokens = self._loss(batch, self.hparams.label_smoothing)
+        loss_sum, tokens = self._loss(batch, self.config.label_smoothing)
         loss = loss_sum / tokens
         if not torch.isfinite(loss):
             self._bad_steps += 1
-            if self._bad_steps >= self.hparams.max_bad_steps:
+            if self._bad_steps >= self.config.max_bad_steps:
                 raise NonFiniteLossError(
                     f"training stopped: {self._bad_steps} consecutive non-finite losses "
                     f"(step {self.global_step}); lower model.lr or check the data"
@@ -163,10 +176,10 @@ class TranslationModule(L.LightningModule):
         return loss
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
-        warmup = self.hparams.warmup_steps
+        warmup = self.config.warmup_steps
         if warmup and self.global_step < warmup:
             for group in self.optimizers().param_groups:
-                group["lr"] = self.hparams.lr * (self.global_step + 1) / warmup
+                group["lr"] = self.config.lr * (self.global_step + 1) / warmup
 
     def on_train_epoch_start(self) -> None:
         self._last_step_end = None
@@ -181,7 +194,7 @@ class TranslationModule(L.LightningModule):
         self.log("train/grad_norm", torch.stack(norms).norm())
 
     def configure_optimizers(self):
-        hp = self.hparams
+        hp = self.config
         optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=hp.lr_reduce_factor, patience=hp.lr_patience,
@@ -198,9 +211,9 @@ class TranslationModule(L.LightningModule):
         self._val_loss += torch.stack([loss_sum.detach().double().cpu(), tokens.double().cpu()])
         hyps = greedy_search(
             self.model, batch.src, batch.src_lengths,
-            self.hparams.val_max_len_a, self.hparams.val_max_len_b,
+            self.config.val_max_len_a, self.config.val_max_len_b,
         )
-        texts = self.tgt_tokenizer.decode([h.tokens for h in hyps])
+        texts = self.task.tgt_tokenizer.decode([h.tokens for h in hyps])
         self._val_hyps.update(zip(batch.index.tolist(), texts, strict=True))
 
     def on_validation_epoch_end(self) -> None:
@@ -215,7 +228,7 @@ class TranslationModule(L.LightningModule):
         if self.trainer.sanity_checking:
             # Lightning's sanity check decodes only a few batches: no corpus BLEU from those.
             return
-        references = self.trainer.datamodule.val_references
+        references = self.task.val_references
         order = sorted(hyps)
         score, signature = bleu([hyps[i] for i in order], [references[i] for i in order])
         val_loss = (loss[0] / loss[1]).item()

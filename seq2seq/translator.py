@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from seq2seq.checkpoint import load_model
+from seq2seq.data.batching import source_tensors
 from seq2seq.data.corpus import clean
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.ensemble import Ensemble, load_ensemble
@@ -19,7 +20,7 @@ from seq2seq.search import (
     check_nbest,
     greedy_search,
 )
-from seq2seq.special_tokens import EOS_ID, PAD_ID
+from seq2seq.special_tokens import EOS_ID
 
 # The defaults of every entry point that translates (translate, decode, the service).
 BEAM_SIZE = 5
@@ -52,17 +53,6 @@ def empty_result() -> TranslationResult:
     return TranslationResult("", 0.0, [], [], torch.zeros(0, 0), [], [])
 
 
-def source_batch(
-    ids: list[list[int]], device: torch.device | str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Piece ids (no EOS) -> src (B, S) with EOS appended and PAD after it, src_lengths (B,)."""
-    lengths = [len(x) + 1 for x in ids]
-    src = torch.full((len(ids), max(lengths)), PAD_ID, dtype=torch.long)  # (B, S)
-    for row, x in enumerate(ids):
-        src[row, : len(x) + 1] = torch.tensor(x + [EOS_ID])
-    return src.to(device), torch.tensor(lengths).to(device)
-
-
 class Translator:
     def __init__(
         self,
@@ -70,11 +60,14 @@ class Translator:
         src_tokenizer: Tokenizer,
         tgt_tokenizer: Tokenizer,
         device: torch.device | str = "cpu",
+        src_lang: str = "",
+        tgt_lang: str = "",
     ):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.src_tokenizer = src_tokenizer
         self.tgt_tokenizer = tgt_tokenizer
+        self.src_lang, self.tgt_lang = src_lang, tgt_lang  # e.g. "de", "en"; "" if unknown
 
     @classmethod
     def from_checkpoint(
@@ -82,7 +75,10 @@ class Translator:
     ) -> "Translator":
         """Raises checkpoint.CheckpointError (one line) for a file that cannot be used."""
         loaded = load_model(path, map_location="cpu")
-        return cls(loaded.model, loaded.src_tokenizer, loaded.tgt_tokenizer, device)
+        return cls(
+            loaded.model, loaded.src_tokenizer, loaded.tgt_tokenizer, device,
+            loaded.src_lang, loaded.tgt_lang,
+        )
 
     @classmethod
     def from_checkpoints(
@@ -97,7 +93,10 @@ class Translator:
         Raises checkpoint.CheckpointError (one line) for a file that cannot be used or joined.
         """
         loaded = load_ensemble(paths, map_location="cpu", combine=combine)
-        return cls(loaded.model, loaded.src_tokenizer, loaded.tgt_tokenizer, device)
+        return cls(
+            loaded.model, loaded.src_tokenizer, loaded.tgt_tokenizer, device,
+            loaded.src_lang, loaded.tgt_lang,
+        )
 
     def translate(
         self,
@@ -127,7 +126,7 @@ class Translator:
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             src_ids = [ids[i][:max_src_len] for i in batch]
-            src, src_lengths = source_batch(src_ids, self.device)
+            src, src_lengths = (t.to(self.device) for t in source_tensors(src_ids))
             options = dict(
                 max_len_a=max_len_a, max_len_b=max_len_b, length_penalty=length_penalty,
                 min_len=min_len,

@@ -4,9 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from seq2seq.data.batching import pad, source_tensors
 from seq2seq.data.corpus import clean, read_lines
-from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.model import ModelConfig, Seq2Seq
+from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
 REPO = Path(__file__).resolve().parent.parent
 MULTI30K = REPO / "data" / "multi30k"
@@ -52,14 +54,6 @@ def decoding_tokenizer(decoding_pairs) -> Tokenizer:
     return Tokenizer.train(de + en, vocab_size=500)
 
 
-def _decoding_batch(rows: list[list[int]], eos: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = [r + [EOS_ID] if eos else r for r in rows]
-    padded = torch.full((len(rows), max(map(len, rows))), PAD_ID, dtype=torch.long)
-    for i, r in enumerate(rows):
-        padded[i, : len(r)] = torch.tensor(r)
-    return padded, torch.tensor([len(r) for r in rows])
-
-
 @pytest.fixture(scope="session")
 def decoding_model(decoding_pairs, decoding_tokenizer) -> Seq2Seq:
     """A tiny Seq2Seq trained briefly with teacher forcing (two decoder layers, to exercise
@@ -67,8 +61,6 @@ def decoding_model(decoding_pairs, decoding_tokenizer) -> Seq2Seq:
     torch.manual_seed(0)
     vocab = decoding_tokenizer.vocab_size
     config = ModelConfig(
-        src_vocab_size=vocab,
-        tgt_vocab_size=vocab,
         embedding_size=32,
         encoder_hidden_size=16,
         decoder_hidden_size=32,
@@ -77,7 +69,7 @@ def decoding_model(decoding_pairs, decoding_tokenizer) -> Seq2Seq:
         dropout=0.0,
         embedding_dropout=0.0,
     )
-    model = Seq2Seq(config)
+    model = Seq2Seq(config, vocab, vocab)
     pairs = zip(*map(decoding_tokenizer.encode, decoding_pairs), strict=True)
     pairs = [(s, t) for s, t in pairs if max(len(s), len(t)) <= DECODING_TRAIN_PIECES]
     src_ids, tgt_ids = zip(*pairs, strict=True)
@@ -89,11 +81,11 @@ def decoding_model(decoding_pairs, decoding_tokenizer) -> Seq2Seq:
 
 
 def _decoding_train(model, optimizer, src_ids, tgt_ids, generator) -> None:
-    vocab = model.config.tgt_vocab_size
+    vocab = model.tgt_vocab_size
     for _ in range(DECODING_STEPS):
         index = torch.randint(len(src_ids), (32,), generator=generator).tolist()
-        src, src_lengths = _decoding_batch([src_ids[i] for i in index], eos=True)
-        tgt, _ = _decoding_batch([[BOS_ID] + tgt_ids[i] + [EOS_ID] for i in index], eos=False)
+        src, src_lengths = source_tensors([src_ids[i] for i in index])
+        tgt = pad([[BOS_ID] + tgt_ids[i] + [EOS_ID] for i in index])
         logits = model(src, src_lengths, tgt[:, :-1])  # (B, T, V)
         loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, vocab), tgt[:, 1:].reshape(-1), ignore_index=PAD_ID

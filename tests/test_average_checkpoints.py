@@ -79,9 +79,10 @@ def test_one_checkpoint_is_unchanged(script, checkpoints, tmp_path, decoding_val
 def test_other_config_is_refused(script, checkpoints, tmp_path, decoding_tokenizer, capsys):
     vocab = decoding_tokenizer.vocab_size
     sizes = dict(embedding_size=32, encoder_hidden_size=16, attention_size=16)
-    config = ModelConfig(vocab, vocab, decoder_hidden_size=16, **sizes)  # the model's is 32
+    config = ModelConfig(decoder_hidden_size=16, **sizes)  # the model's is 32
     other = tmp_path / "other.ckpt"
-    save_model(other, Seq2Seq(config), decoding_tokenizer, decoding_tokenizer, "de", "en")
+    model = Seq2Seq(config, vocab, vocab)
+    save_model(other, model, decoding_tokenizer, decoding_tokenizer, "de", "en")
     output = tmp_path / "never.ckpt"
     assert script.main([str(checkpoints[0]), str(other), "--output", str(output)]) == 2
     (message,) = capsys.readouterr().err.splitlines()

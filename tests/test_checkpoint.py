@@ -57,7 +57,7 @@ def test_save_is_atomic_and_overwrites(tmp_path, decoding_model, decoding_tokeni
     assert set(checkpoint) == {"state_dict", "seq2seq"}
     assert all(k.startswith("model.") for k in checkpoint["state_dict"])
     payload = make_payload(decoding_model, decoding_tokenizer, decoding_tokenizer, "de", "en")
-    assert checkpoint["seq2seq"] == payload and payload["format"] == 1
+    assert checkpoint["seq2seq"] == payload and payload["format"] == 2
 
 
 @pytest.mark.parametrize("where", ["top", "inside a real checkpoint"])
@@ -111,8 +111,8 @@ def test_weights_mismatch_is_one_line(tmp_path, decoding_checkpoint):
 
 def test_unknown_format_is_refused(tmp_path, decoding_checkpoint):
     path = tmp_path / "future.ckpt"
-    _rewrite(decoding_checkpoint, path, lambda c: c["seq2seq"].update(format=2))
-    _one_line_error(path, "unsupported checkpoint format 2")
+    _rewrite(decoding_checkpoint, path, lambda c: c["seq2seq"].update(format=3))
+    _one_line_error(path, "unsupported checkpoint format 3")
 
 
 @pytest.mark.parametrize("size,match", [(2**18, "weights do not match"),
@@ -130,3 +130,49 @@ def test_loaded_model_keeps_its_weights_tied(decoding_checkpoint):
     model = load_model(decoding_checkpoint).model
     assert model.decoder.output_layer.weight is model.decoder.embedding.weight
     assert not any(p.is_meta for p in model.parameters())
+
+
+def _as_format_1(checkpoint) -> None:
+    """The layout checkpoints had before format 2: vocabulary sizes and pad id in the config."""
+    meta = checkpoint["seq2seq"]
+    meta["model_config"].update(
+        src_vocab_size=meta.pop("src_vocab_size"), tgt_vocab_size=meta.pop("tgt_vocab_size"),
+        pad_id=meta.pop("special_ids")["pad"],
+    )
+    meta["format"] = 1
+
+
+def test_format_1_checkpoints_still_load(tmp_path, decoding_checkpoint, decoding_val_sources):
+    old = tmp_path / "old.ckpt"
+    _rewrite(decoding_checkpoint, old, _as_format_1)
+    texts = decoding_val_sources[:5]
+    got = Translator.from_checkpoint(old).translate(texts)
+    expected = Translator.from_checkpoint(decoding_checkpoint).translate(texts)
+    assert [r[0].tokens for r in got] == [r[0].tokens for r in expected]
+
+
+@pytest.mark.parametrize("fmt", [1, 2])
+def test_another_pad_id_is_refused(tmp_path, decoding_checkpoint, fmt):
+    path = tmp_path / "pad.ckpt"
+
+    def other_pad(checkpoint):
+        if fmt == 1:
+            _as_format_1(checkpoint)
+            checkpoint["seq2seq"]["model_config"]["pad_id"] = 5
+        else:
+            checkpoint["seq2seq"]["special_ids"]["pad"] = 5
+
+    _rewrite(decoding_checkpoint, path, other_pad)
+    _one_line_error(path, "the model's pad id is 5, but seq2seq's tokenizers use 0")
+
+
+def test_wrong_dtype_is_one_line(tmp_path, decoding_checkpoint):
+    """Right shapes, wrong dtype: named with the weights, not found later as a device error."""
+    path = tmp_path / "half.ckpt"
+
+    def to_half(checkpoint):
+        weights = checkpoint["state_dict"]
+        weights["model.decoder.bias"] = weights["model.decoder.bias"].half()
+
+    _rewrite(decoding_checkpoint, path, to_half)
+    _one_line_error(path, "weights do not match the model config: wrong dtype decoder.bias")

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from seq2seq.checkpoint import CheckpointError, save_model
+from seq2seq.data.batching import source_tensors
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.ensemble import Ensemble, load_ensemble
 from seq2seq.model import ModelConfig, Seq2Seq
 from seq2seq.search import beam_search, greedy_search
-from seq2seq.translator import Translator, source_batch
+from seq2seq.translator import Translator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,8 +28,6 @@ def _tiny_model(vocab: int, seed: int) -> Seq2Seq:
     """Untrained and unlike the decoding model: one decoder layer, other sizes."""
     torch.manual_seed(seed)
     config = ModelConfig(
-        src_vocab_size=vocab,
-        tgt_vocab_size=vocab,
         embedding_size=16,
         encoder_hidden_size=8,
         decoder_hidden_size=16,
@@ -36,7 +35,7 @@ def _tiny_model(vocab: int, seed: int) -> Seq2Seq:
         dropout=0.0,
         embedding_dropout=0.0,
     )
-    return Seq2Seq(config).eval()
+    return Seq2Seq(config, vocab, vocab).eval()
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +52,7 @@ def other_checkpoint(tmp_path_factory, other_model, decoding_tokenizer):
 
 @pytest.fixture(scope="module")
 def batch(decoding_tokenizer, decoding_val_sources):
-    return source_batch(decoding_tokenizer.encode(decoding_val_sources[:8]))
+    return source_tensors(decoding_tokenizer.encode(decoding_val_sources[:8]))
 
 
 def _same(a, b, tolerance: float = 0.0) -> None:

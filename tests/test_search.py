@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from seq2seq.data.batching import source_tensors
 from seq2seq.search import Hypothesis, beam_search, greedy_search, ranking_score
-from seq2seq.translator import source_batch
+from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
 pytestmark = pytest.mark.usefixtures("decoding_one_thread")
 
@@ -57,15 +57,15 @@ ENDLESS = {BOS_ID: {A: 1.0}, A: {A: 0.5, B: 0.5}, B: {A: 0.5, C: 0.5}, C: {A: 0.
 
 
 def _sources(n: int = 1, length: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    return source_batch([[A] * length for _ in range(n)])
+    return source_tensors([[A] * length for _ in range(n)])
 
 
 def _beam(model, ids, **kwargs) -> list[list[Hypothesis]]:
-    return beam_search(model, *source_batch(ids), **kwargs)
+    return beam_search(model, *source_tensors(ids), **kwargs)
 
 
 def _greedy(model, ids, **kwargs) -> list[Hypothesis]:
-    return greedy_search(model, *source_batch(ids), **kwargs)
+    return greedy_search(model, *source_tensors(ids), **kwargs)
 
 
 def _in_batches(search, model, ids, size, **kwargs) -> list:
@@ -159,7 +159,7 @@ def test_min_len_blocks_eos():
 def test_max_len_forces_eos(decoding_model, decoding_tokenizer, decoding_val_sources):
     # Never EOS unless forced: every output is exactly as long as allowed.
     model = TableModel(ENDLESS)
-    src, src_lengths = source_batch([[A] * 3, [A] * 7])  # real lengths 4 and 8
+    src, src_lengths = source_tensors([[A] * 3, [A] * 7])  # real lengths 4 and 8
     limits = [int(1.5 * 4 + 2), int(1.5 * 8 + 2)]
     greedy = greedy_search(model, src, src_lengths, max_len_a=1.5, max_len_b=2)
     beams = beam_search(model, src, src_lengths, beam_size=4, nbest=4, max_len_a=1.5, max_len_b=2)
@@ -195,7 +195,7 @@ def test_nbest_distinct_and_sorted(decoding_model, decoding_tokenizer, decoding_
 def test_finished_sentences_leave_the_batch():
     # Neither sentence wants EOS, so each runs to its limit: 2 and 9 tokens.
     model = TableModel(ENDLESS)
-    src, src_lengths = source_batch([[A], [A] * 8])  # real lengths 2 and 9
+    src, src_lengths = source_tensors([[A], [A] * 8])  # real lengths 2 and 9
     limits = dict(max_len_a=1.0, max_len_b=0)
     beam_search(model, src, src_lengths, beam_size=2, **limits)
     assert model.step_sizes == [4] * 3 + [2] * 7

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from seq2seq.data.batching import source_tensors
 from seq2seq.search import greedy_search
-from seq2seq.translator import Translator, source_batch
+from seq2seq.translator import Translator
 
 pytestmark = pytest.mark.usefixtures("decoding_one_thread")
 
@@ -57,7 +58,7 @@ def test_long_source_is_cut(translator, decoding_val_sources):
 def test_beam_size_one_is_greedy(translator, decoding_model, decoding_tokenizer):
     text = "Zwei Hunde spielen im Schnee."
     (result,) = translator.translate([text], beam_size=1)[0]
-    (hyp,) = greedy_search(decoding_model, *source_batch(decoding_tokenizer.encode([text])))
+    (hyp,) = greedy_search(decoding_model, *source_tensors(decoding_tokenizer.encode([text])))
     assert result.tokens == hyp.tokens and result.score == hyp.score
 
 

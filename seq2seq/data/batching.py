@@ -7,7 +7,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Sampler
 
-from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
 
 class Batch(NamedTuple):
@@ -21,21 +21,31 @@ class Batch(NamedTuple):
 def collate(examples: list[tuple[int, list[int], list[int]]]) -> Batch:
     """(index, src_ids, tgt_ids) examples -> one padded Batch."""
     index, src, tgt = zip(*examples, strict=True)
-    # The source gets an EOS too: the encoder sees where the sentence ends, and even an empty
-    # line has one real token for attention to attend to.
-    src = [[*s, EOS_ID] for s in src]
+    src, src_lengths = source_tensors(src)
     return Batch(
-        src=_pad(src),  # (B, S)
-        src_lengths=torch.tensor([len(s) for s in src], dtype=torch.long),  # (B,)
-        tgt_in=_pad([[BOS_ID, *t] for t in tgt]),  # (B, T)
-        tgt_out=_pad([[*t, EOS_ID] for t in tgt]),  # (B, T)
+        src=src,  # (B, S)
+        src_lengths=src_lengths,  # (B,)
+        tgt_in=pad([[BOS_ID, *t] for t in tgt]),  # (B, T)
+        tgt_out=pad([[*t, EOS_ID] for t in tgt]),  # (B, T)
         index=torch.tensor(index, dtype=torch.long),  # (B,)
     )
 
 
-def _pad(rows: list[list[int]]) -> torch.Tensor:
+def source_tensors(ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source piece ids (no EOS) -> src (B, S) with EOS appended and PAD after it, and
+    src_lengths (B,), EOS included: what training and translation both feed the encoder.
+
+    The source gets an EOS: the encoder sees where the sentence ends, and even an empty line
+    has one real token for attention to attend to.
+    """
+    rows = [[*s, EOS_ID] for s in ids]
+    return pad(rows), torch.tensor([len(row) for row in rows], dtype=torch.long)
+
+
+def pad(rows: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Rows of ids -> (B, longest row) long, padded with PAD_ID."""
     tensors = [torch.tensor(row, dtype=torch.long) for row in rows]
-    return pad_sequence(tensors, batch_first=True, padding_value=PAD_ID)  # (B, longest row)
+    return pad_sequence(tensors, batch_first=True, padding_value=PAD_ID)
 
 
 class TokenBatchSampler(Sampler[list[int]]):

@@ -10,13 +10,14 @@ import codecs
 import gzip
 import json
 import logging
-import os
 import re
 import unicodedata
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from seq2seq.hub_ids import looks_like_path
 
 if TYPE_CHECKING:
     import datasets
@@ -32,7 +33,9 @@ _WHITESPACE = re.compile(r"\s+")  # str patterns: every Unicode space, incl. U+0
 _CONTROL = re.compile(r"(?!\s)[\x00-\x1f\x7f-\x9f]")  # category Cc, minus whitespace controls
 # Only these end a line. str.splitlines() also splits on U+2028, \x1c, \x85, ..., which can
 # occur inside a sentence and would shift one side of a parallel corpus against the other.
-_LINE_END = re.compile(r"\r\n?|\n")
+# Bytes: neither byte occurs inside a multi-byte UTF-8 character, so splitting before decoding
+# is safe, and a bad byte is then named by its line.
+_LINE_END = re.compile(rb"\r\n?|\n")
 
 
 class CorpusError(ValueError):
@@ -46,6 +49,15 @@ def clean(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip()
 
 
+def split_lines(data: bytes) -> list[bytes]:
+    """The one line rule of every reader (corpora, `seq2seq-decode`, `translate`): "\\n", "\\r\\n"
+    and a lone "\\r" end a line, and the last line end closes the last line."""
+    lines = _LINE_END.split(data)
+    if lines[-1] == b"":
+        lines.pop()
+    return lines
+
+
 def read_lines(path: Path) -> list[str]:
     """Lines of a UTF-8 text file (gzip if the name ends in .gz), without line ends."""
     path = Path(path)
@@ -57,18 +69,15 @@ def read_lines(path: Path) -> list[str]:
     except (OSError, EOFError, zlib.error) as e:  # a directory, no permission, a broken gzip
         raise CorpusError(f"{path}: cannot read ({e})") from None
     data = data.removeprefix(codecs.BOM_UTF8)  # Windows editors add one; it is not text
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        # Everything before the first bad byte decoded fine, so its line ends can be counted.
-        lineno = len(_LINE_END.split(data[: e.start].decode("utf-8")))
-        raise CorpusError(
-            f"{path}:{lineno}: invalid UTF-8 ({e.reason}, byte 0x{data[e.start]:02x}); "
-            "convert the file to UTF-8"
-        ) from None
-    lines = _LINE_END.split(text)
-    if lines[-1] == "":  # the last line end closes the last line rather than opening a new one
-        lines.pop()
+    lines = []
+    for lineno, raw in enumerate(split_lines(data), start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise CorpusError(
+                f"{path}:{lineno}: invalid UTF-8 ({e.reason}, byte 0x{raw[e.start]:02x}); "
+                "convert the file to UTF-8"
+            ) from None
     if not lines:
         raise CorpusError(f"{path}: empty file")
     return lines
@@ -118,7 +127,9 @@ def load_corpus(
                 "files, a .jsonl or a .tsv file"
             )
         origin = str(path)
-    elif isinstance(source, Path) or _looks_like_path(source):
+    elif isinstance(source, Path) or looks_like_path(
+        source, JSONL_SUFFIXES + TSV_SUFFIXES + (".gz",)
+    ):
         raise CorpusError(f"no such file or directory: {source}")
     else:
         src, tgt = _load_hub(source, hub_config, split, src_lang, tgt_lang)
@@ -141,17 +152,6 @@ def length_filter(
             len(src_lengths) - len(keep), len(src_lengths), max_len, max_ratio,
         )
     return keep
-
-
-def _looks_like_path(name: str) -> bool:
-    # Hub ids are "name" or "owner/name". Anything else that has a path's shape was meant as a
-    # local path, and a hub lookup would only bury the typo under a network error.
-    return (
-        name.startswith((".", "~", "/"))
-        or name.count("/") > 1
-        or (os.sep != "/" and os.sep in name)
-        or name.endswith(JSONL_SUFFIXES + TSV_SUFFIXES + (".gz",))
-    )
 
 
 def _read_jsonl(path: Path, src_lang: str, tgt_lang: str) -> tuple[list[str], list[str]]:

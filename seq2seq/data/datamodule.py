@@ -1,6 +1,7 @@
 """`TranslationDataModule`: corpus -> SentencePiece ids -> length-bucketed token batches."""
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -14,7 +15,23 @@ from seq2seq.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-BUNDLED_MULTI30K = Path(__file__).resolve().parents[2] / "data" / "multi30k"
+# Inside the package, so that an installed (non-editable) copy finds it too; the repository's
+# data/multi30k links here.
+BUNDLED_MULTI30K = Path(__file__).resolve().parent / "multi30k"
+
+
+@dataclass(frozen=True)
+class TranslationTask:
+    """What the training module needs to know of the data, handed over in one object: the
+    tokenizers (the vocabulary sizes are theirs), the languages and the validation text."""
+
+    src_tokenizer: Tokenizer
+    tgt_tokenizer: Tokenizer
+    src_lang: str
+    tgt_lang: str
+    joint_vocab: bool  # one SentencePiece model for both languages
+    val_sources: list[str]
+    val_references: list[str]
 
 
 class TranslationDataModule(L.LightningDataModule):
@@ -63,7 +80,13 @@ class TranslationDataModule(L.LightningDataModule):
         self.source = hf_dataset or data_dir or str(BUNDLED_MULTI30K)
         self.src_tokenizer: Tokenizer | None = None
         self.tgt_tokenizer: Tokenizer | None = None
+        self.task: TranslationTask | None = None  # set by setup
         self._sampler_state: dict | None = None
+
+    def use_tokenizers(self, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer) -> None:
+        """Tokenize with these instead of training SentencePiece (a resumed run keeps the
+        tokenizers its checkpoint was trained with). Call before `setup`."""
+        self.src_tokenizer, self.tgt_tokenizer = src_tokenizer, tgt_tokenizer
 
     def _load(self, split: str, lines: int | None):
         hp = self.hparams
@@ -73,13 +96,15 @@ class TranslationDataModule(L.LightningDataModule):
         return corpus
 
     def setup(self, stage: str | None = None) -> None:
-        if self.src_tokenizer is not None:
+        if self.task is not None:
             return
         hp = self.hparams
         train = self._load(hp.train_split, hp.train_lines)
         val = self._load(hp.val_split, hp.val_lines)
         # SentencePiece training is deterministic, so every DDP rank builds the same model.
-        if hp.joint_vocab:
+        if self.src_tokenizer is not None:
+            log.info("data: using the given SentencePiece models (not training new ones)")
+        elif hp.joint_vocab:
             self.src_tokenizer = self.tgt_tokenizer = Tokenizer.train(
                 [*train["src"], *train["tgt"]], hp.vocab_size, hp.spm_model_type
             )
@@ -88,8 +113,12 @@ class TranslationDataModule(L.LightningDataModule):
             self.tgt_tokenizer = Tokenizer.train(train["tgt"], hp.vocab_size, hp.spm_model_type)
         self.train_examples = self._tokenize(train, hp.max_len, hp.max_ratio)
         self.val_examples = self._tokenize(val)
-        self.val_sources: list[str] = list(val["src"])
-        self.val_references: list[str] = list(val["tgt"])
+        self.task = TranslationTask(
+            self.src_tokenizer, self.tgt_tokenizer, hp.src_lang, hp.tgt_lang,
+            joint_vocab=self.src_tokenizer is self.tgt_tokenizer
+            or self.src_tokenizer.model_proto == self.tgt_tokenizer.model_proto,
+            val_sources=list(val["src"]), val_references=list(val["tgt"]),
+        )
         log.info(
             "data: %d training pairs, %d validation pairs, vocabulary %d / %d",
             len(self.train_examples),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 
 class Tokenizer:

@@ -1,9 +1,10 @@
 """The translation model in plain PyTorch: no Lightning, no I/O."""
 
 from seq2seq.model.attention import BahdanauAttention
+from seq2seq.model.config import ModelConfig
 from seq2seq.model.decoder import DecoderLSTM, DecoderState, EncoderMemory
 from seq2seq.model.encoder import EncoderLSTM
-from seq2seq.model.seq2seq import ModelConfig, Seq2Seq
+from seq2seq.model.seq2seq import Seq2Seq
 
 __all__ = [
     "BahdanauAttention",

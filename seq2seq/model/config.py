@@ -22,7 +22,7 @@ class ModelConfig:
     share_embeddings: bool = True  # one table for source and target: needs a joint vocabulary
 
     def __post_init__(self):
-        for f in fields(self):
+        for f in fields(ModelConfig):  # a subclass checks its own fields
             value = getattr(self, f.name)
             if f.type is int and (type(value) is not int or value <= 0):
                 raise ValueError(f"model.{f.name} must be an integer > 0, got {value!r}")

@@ -1,61 +1,38 @@
 """The encoder-decoder and the one interface that training and search use."""
 
-from dataclasses import dataclass, fields
-
 import torch
 from torch import nn
 
+from seq2seq.model.config import ModelConfig
 from seq2seq.model.decoder import DecoderLSTM, DecoderState, EncoderMemory
 from seq2seq.model.encoder import EncoderLSTM
-
-
-@dataclass
-class ModelConfig:
-    src_vocab_size: int
-    tgt_vocab_size: int
-    embedding_size: int = 256
-    encoder_hidden_size: int = 256  # per direction
-    encoder_layers: int = 1
-    decoder_hidden_size: int = 512
-    decoder_layers: int = 1
-    attention_size: int = 256
-    dropout: float = 0.3
-    embedding_dropout: float = 0.1
-    tie_output_embedding: bool = True  # decoder output layer = target embedding
-    share_embeddings: bool = True  # one table for source and target (joint vocabulary)
-    pad_id: int = 0
-
-    def __post_init__(self):
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type is int and f.name != "pad_id" and value <= 0:
-                raise ValueError(f"model config: {f.name} must be > 0, got {value}")
-            if f.type is float and not 0.0 <= value < 1.0:
-                raise ValueError(f"model config: {f.name} must be in [0, 1), got {value}")
-        if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
-            raise ValueError(
-                "model config: share_embeddings needs src_vocab_size == tgt_vocab_size, got "
-                f"{self.src_vocab_size} and {self.tgt_vocab_size}"
-            )
+from seq2seq.special_tokens import PAD_ID
 
 
 class Seq2Seq(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int):
         super().__init__()
+        for name, size in (("src_vocab_size", src_vocab_size), ("tgt_vocab_size", tgt_vocab_size)):
+            if type(size) is not int or size <= 0:
+                raise ValueError(f"{name} must be an integer > 0, got {size!r}")
+        if config.share_embeddings and src_vocab_size != tgt_vocab_size:
+            raise ValueError(
+                "model.share_embeddings needs one vocabulary for both languages, got "
+                f"{src_vocab_size} source and {tgt_vocab_size} target pieces"
+            )
         self.config = config
-        src_embedding = nn.Embedding(
-            config.src_vocab_size, config.embedding_size, padding_idx=config.pad_id
-        )
+        self.src_vocab_size, self.tgt_vocab_size = src_vocab_size, tgt_vocab_size
+        src_embedding = nn.Embedding(src_vocab_size, config.embedding_size, padding_idx=PAD_ID)
         tgt_embedding = (
             src_embedding
             if config.share_embeddings
-            else nn.Embedding(config.tgt_vocab_size, config.embedding_size, config.pad_id)
+            else nn.Embedding(tgt_vocab_size, config.embedding_size, padding_idx=PAD_ID)
         )
         # Small embeddings keep the tied output layer's initial logits near zero.
         for embedding in {src_embedding, tgt_embedding}:
             nn.init.normal_(embedding.weight, std=config.embedding_size**-0.5)
             with torch.no_grad():
-                embedding.weight[config.pad_id].zero_()
+                embedding.weight[PAD_ID].zero_()
         self.encoder = EncoderLSTM(
             src_embedding,
             config.encoder_hidden_size,
@@ -88,7 +65,7 @@ class Seq2Seq(nn.Module):
     ) -> tuple[EncoderMemory, DecoderState]:
         """src (B, S), src_lengths (B,) -> the memory to attend to and the initial state."""
         values, final = self.encoder(src, src_lengths)  # (B, S, C), (B, C)
-        mask = src != self.config.pad_id  # (B, S)
+        mask = src != PAD_ID  # (B, S)
         keys = self.decoder.attention.project_keys(values)  # (B, S, A)
         return EncoderMemory(values, keys, mask), self.decoder.init_state(final)
 
@@ -115,3 +92,29 @@ class Seq2Seq(nn.Module):
     def reorder_memory(memory: EncoderMemory, index: torch.Tensor) -> EncoderMemory:
         """Select batch rows `index` (N,) of the memory (B, S, ...) -> (N, S, ...)."""
         return EncoderMemory(*(t.index_select(0, index) for t in memory))
+
+    def training_flops(self, src_tokens: int, tgt_tokens: int, pairs: int) -> float:
+        """Forward + backward FLOPs of training on these token counts (as nanoGPT's estimate:
+        matrix products only, a multiply-add is 2 FLOPs, backward = 2 x forward):
+
+        per source token   2 * 4He * (in_l + He) * 2 directions, summed over encoder layers
+                           (in_1 = E, in_l = 2He), + 2 * C * A for the attention keys
+        per target token   2 * Hd * A (query) + 2 * 4Hd * (E + C + Hd) (first decoder layer)
+                           + 2 * 4Hd * 2Hd per further layer + 2 * (Hd + C + E) * E (readout)
+                           + 2 * E * V (output layer)
+        per (target token, real source token) pair   2 * A (energy) + 2 * C (context)
+
+        E embedding, He encoder hidden per direction, C = 2He, Hd decoder hidden, A attention
+        size, V target vocabulary. `pairs` counts (target token, real source token) pairs.
+        """
+        c = self.config
+        E, He, Hd = c.embedding_size, c.encoder_hidden_size, c.decoder_hidden_size
+        A, C, V = c.attention_size, 2 * c.encoder_hidden_size, self.tgt_vocab_size
+        encoder = sum(
+            2 * 2 * 4 * He * ((E if layer == 0 else C) + He) for layer in range(c.encoder_layers)
+        )
+        per_src = encoder + 2 * C * A
+        decoder = 2 * 4 * Hd * (E + C + Hd) + (c.decoder_layers - 1) * 2 * 4 * Hd * 2 * Hd
+        per_tgt = 2 * Hd * A + decoder + 2 * (Hd + C + E) * E + 2 * E * V
+        per_pair = 2 * A + 2 * C
+        return 3.0 * (src_tokens * per_src + tgt_tokens * per_tgt + pairs * per_pair)

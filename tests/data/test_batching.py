@@ -3,7 +3,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from seq2seq.data.batching import Batch, TokenBatchSampler, collate
-from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
 N = 1000
 

@@ -6,7 +6,8 @@ import pytest
 import sentencepiece as spm
 
 from seq2seq.data.corpus import clean, read_lines
-from seq2seq.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+from seq2seq.data.tokenizer import Tokenizer
+from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 MULTI30K = Path(__file__).resolve().parents[2] / "data" / "multi30k"
 

@@ -1,0 +1,138 @@
+"""Train a translation model: Lightning's CLI over `TranslationModule` + `TranslationDataModule`.
+
+    seq2seq-train                                            # the default Multi30k de->en config
+    seq2seq-train --config configs/tiny.yaml --trainer.max_steps 50
+    seq2seq-train --config configs/multi30k_de_en.yaml --ckpt_path last
+    seq2seq-train --print_config
+
+(`python scripts/train.py ...` is the same command.) Without `-c/--config`, the default config
+shipped with the package is used; with one, only the files given are.
+"""
+
+import sys
+from argparse import ArgumentError
+from pathlib import Path
+from typing import NoReturn
+
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.cli import LightningCLI
+
+from seq2seq.checkpoint import CheckpointError, read_tokenizers
+from seq2seq.data.corpus import CorpusError
+from seq2seq.data.datamodule import TranslationDataModule
+from seq2seq.training import (
+    NonFiniteLossError,
+    TrainingConfig,
+    TranslationModule,
+    check_embedding_sharing,
+)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_CONFIG = CONFIGS / "multi30k_de_en.yaml"
+
+
+class TrainCLI(LightningCLI):
+    def add_core_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        # The `model:` section is the TrainingConfig dataclass itself, read directly: its
+        # fields are the keys (`--model.lr`), its defaults and checks the only ones.
+        parser.add_class_arguments(TrainingConfig, "model")
+        parser.add_lightning_class_args(self.datamodule_class, "data")
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--ckpt_path",
+            default=None,
+            help="resume from this checkpoint; 'last' finds the run's last.ckpt",
+        )
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        self.model = TranslationModule(self.model)  # the TrainingConfig parsed above
+
+
+def names_a_config(args: list[str]) -> bool:
+    """Whether the command line gives a config file, in any of the forms the parser accepts."""
+    return any(a in ("-c", "--config") or a.startswith(("--config=", "-c=")) for a in args)
+
+
+def main(args: list[str] | None = None) -> None:
+    """`args` replaces the command line (for calls from Python).
+
+    A bad configuration exits with status 2, bad data or a numerical fault with status 1;
+    either way stderr ends with one line `error: ...` that names the key or the file.
+    """
+    given = sys.argv[1:] if args is None else args
+    # Raise instead of printing a usage block, so that the error can be one line.
+    parser_kwargs = {"exit_on_error": False}
+    if not names_a_config(given):
+        parser_kwargs["default_config_files"] = [str(DEFAULT_CONFIG)]
+    try:
+        cli = TrainCLI(
+            TranslationModule,
+            TranslationDataModule,
+            args=args,
+            run=False,
+            parser_kwargs=parser_kwargs,
+            save_config_kwargs={"overwrite": True},
+        )
+        ckpt_path = cli.config.ckpt_path
+        if ckpt_path == "last":
+            ckpt_path = find_last_checkpoint(Path(cli.trainer.default_root_dir))
+        if ckpt_path:
+            # A resumed run tokenizes with the SentencePiece models it was trained with, even
+            # if the corpus has changed since: its token ids must keep meaning the same pieces.
+            cli.datamodule.use_tokenizers(*read_tokenizers(ckpt_path))
+        check_embedding_sharing(cli.model.config, cli.datamodule.hparams.joint_vocab)
+    except (ArgumentError, ValueError, MisconfigurationException) as e:
+        fail(e, status=2)
+    try:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    except (CorpusError, NonFiniteLossError) as e:
+        fail(e, status=1)
+    finally:
+        if cli.trainer.is_global_zero:
+            print_next_steps(cli.trainer)
+
+
+def fail(error: Exception, status: int) -> NoReturn:
+    message = " ".join(str(error).split())  # jsonargparse's messages span several lines
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def find_last_checkpoint(root: Path) -> str:
+    """The newest `last.ckpt` below the run folder (each run logs into a new version)."""
+    candidates = sorted(root.glob("**/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise CheckpointError(f"--ckpt_path last: no last.ckpt below {root}")
+    return str(candidates[-1])
+
+
+def print_next_steps(trainer) -> None:
+    """What a user needs once training stops, however it stopped: the checkpoints and the
+    commands that use them."""
+    best = trainer.checkpoint_callback
+    best_path = getattr(best, "best_model_path", "")
+    root = Path(trainer.default_root_dir)
+    last = sorted(root.glob("**/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not best_path and not last:
+        return
+    lines = ["", "training stopped; next:"]
+    if best_path:
+        score = best.best_model_score
+        score = f" ({best.monitor} {score.item():.2f})" if isinstance(score, torch.Tensor) else ""
+        lines.append(f"  best checkpoint  {best_path}{score}")
+    if last:
+        lines.append(f"  last checkpoint  {last[-1]}  (resume: --ckpt_path last)")
+    model = best_path or last[-1]
+    lines += [
+        f"  translate        echo 'Ein Satz.' | translate -m {model}",
+        f"  watch            tensorboard --logdir {trainer.default_root_dir}",
+    ]
+    print("\n".join(lines), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
