@@ -215,7 +215,12 @@ def _empty_model(path: Path, config: ModelConfig, src_vocab_size, tgt_vocab_size
 
 
 def load_model(path: str | os.PathLike, map_location="cpu") -> LoadedModel:
-    """Load a checkpoint written by `save_model` or by training; every failure is one line."""
+    """Load a checkpoint written by `save_model` or by training, a model folder or a hub id
+    (seq2seq/pretrained.py); every failure is one line."""
+    from seq2seq import pretrained  # imported here: it builds on this module
+
+    if pretrained.is_pretrained(path):
+        return pretrained.load_pretrained(path, map_location=map_location)
     path = Path(path)
     checkpoint = _read(path, map_location)
     meta = checkpoint["seq2seq"]

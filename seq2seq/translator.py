@@ -12,6 +12,7 @@ from seq2seq.data.corpus import clean
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.ensemble import Ensemble, load_ensemble
 from seq2seq.model import Seq2Seq
+from seq2seq.pretrained import load_pretrained
 from seq2seq.search import (
     MAX_LEN_A,
     MAX_LEN_B,
@@ -75,6 +76,24 @@ class Translator:
     ) -> "Translator":
         """Raises checkpoint.CheckpointError (one line) for a file that cannot be used."""
         loaded = load_model(path, map_location="cpu")
+        return cls(
+            loaded.model, loaded.src_tokenizer, loaded.tgt_tokenizer, device,
+            loaded.src_lang, loaded.tgt_lang,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | os.PathLike,
+        revision: str | None = None,
+        device: torch.device | str = "cpu",
+    ) -> "Translator":
+        """A model folder (scripts/export.py), or a hub id: downloaded once into the Hugging
+        Face cache, read from there after; `revision` is a hub branch, tag or commit.
+
+        Raises checkpoint.CheckpointError (one line) for a folder or repo that cannot be used.
+        """
+        loaded = load_pretrained(path_or_repo_id, revision=revision, map_location="cpu")
         return cls(
             loaded.model, loaded.src_tokenizer, loaded.tgt_tokenizer, device,
             loaded.src_lang, loaded.tgt_lang,

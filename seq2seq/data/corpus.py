@@ -35,7 +35,7 @@ _CONTROL = re.compile(r"(?!\s)[\x00-\x1f\x7f-\x9f]")  # category Cc, minus white
 # occur inside a sentence and would shift one side of a parallel corpus against the other.
 # Bytes: neither byte occurs inside a multi-byte UTF-8 character, so splitting before decoding
 # is safe, and a bad byte is then named by its line.
-_LINE_END = re.compile(rb"\r\n?|\n")
+LINE_END = re.compile(rb"\r\n?|\n")
 
 
 class CorpusError(ValueError):
@@ -52,7 +52,7 @@ def clean(text: str) -> str:
 def split_lines(data: bytes) -> list[bytes]:
     """The one line rule of every reader (corpora, `seq2seq-decode`, `translate`): "\\n", "\\r\\n"
     and a lone "\\r" end a line, and the last line end closes the last line."""
-    lines = _LINE_END.split(data)
+    lines = LINE_END.split(data)
     if lines[-1] == b"":
         lines.pop()
     return lines

@@ -1,0 +1,135 @@
+"""Checkpoint(s) -> a model folder in the Hugging Face layout, to share or to push to the hub.
+
+    python scripts/export.py runs/.../checkpoints/best-step1500.ckpt --output models/de-en
+    python scripts/export.py a.ckpt b.ckpt c.ckpt --output models/de-en   # weights averaged
+    python scripts/export.py CKPT --output DIR \\
+        --eval-src data/multi30k/test_2016_flickr.de.gz \\
+        --eval-ref data/multi30k/test_2016_flickr.en.gz   # test scores into the model card
+    python scripts/export.py CKPT --output DIR --push-to-hub ORG/NAME   # needs the network
+
+The folder holds config.json, model.safetensors, the SentencePiece model(s) and README.md (the
+model card); see seq2seq/pretrained.py. `translate -m DIR` and `Translator.from_pretrained(DIR)`
+load it; so do they the hub id once it is pushed.
+"""
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import yaml
+
+from seq2seq import model_card
+from seq2seq.checkpoint import CheckpointError, LoadedModel, _read, load_model
+from seq2seq.data.corpus import CorpusError, read_lines
+from seq2seq.metrics import corpus_scores
+from seq2seq.pretrained import CARD_FILE, push_to_hub, save_pretrained
+from seq2seq.translator import BEAM_SIZE, Translator
+
+RUN_CONFIG = "config.yaml"  # what Lightning's CLI writes into a run folder
+
+
+def _average(paths: list[Path]) -> LoadedModel:
+    # scripts/average_checkpoints.py holds the averaging (until it moves into this package).
+    script = Path(__file__).resolve().parents[2] / "scripts" / "average_checkpoints.py"
+    spec = importlib.util.spec_from_file_location("average_checkpoints", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.average(paths)
+
+
+def training_config(path: Path) -> dict | None:
+    """The configuration a training checkpoint came from: the run's config.yaml beside its
+    checkpoints/ folder (everything: trainer, model, data), else what the checkpoint itself
+    keeps (model and data arguments); None for a file written by checkpoint.save_model."""
+    run_config = path.parent.parent / RUN_CONFIG
+    if path.parent.name == "checkpoints" and run_config.is_file():
+        try:
+            return yaml.safe_load(run_config.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{run_config}: not valid YAML ({e})") from None
+    if not path.is_file():  # a model folder or a hub id
+        return None
+    checkpoint = _read(path, "cpu", mmap=True)
+    model, data = checkpoint.get("hyper_parameters"), checkpoint.get("datamodule_hyper_parameters")
+    if model is None and data is None:
+        return None
+    hidden = ("_instantiator",)  # Lightning's bookkeeping, not an option
+    return {
+        part: {k: v for k, v in dict(values).items() if k not in hidden}
+        for part, values in (("model", model), ("data", data))
+        if values is not None
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "checkpoints", nargs="+", type=Path, metavar="CKPT",
+        help="checkpoint(s) of one run; several are averaged (as average_checkpoints.py does)",
+    )
+    parser.add_argument("--output", required=True, type=Path, metavar="DIR")
+    parser.add_argument("--eval-src", type=Path, help="test sources (plain or .gz) to score")
+    parser.add_argument("--eval-ref", type=Path, help="their references")
+    parser.add_argument(
+        "--eval-name", help="the test set's name in the card (default: --eval-src's file name)"
+    )
+    parser.add_argument("--beam-size", type=int, default=BEAM_SIZE, help="for --eval-src")
+    parser.add_argument("--length-penalty", type=float, default=1.0, help="for --eval-src")
+    parser.add_argument(
+        "--push-to-hub", metavar="ORG/NAME", help="then upload the folder to this hub repo"
+    )
+    args = parser.parse_args(argv)
+    if (args.eval_src is None) != (args.eval_ref is None):
+        parser.error("--eval-src and --eval-ref go together")
+    if args.beam_size < 1:
+        parser.error(f"--beam-size must be at least 1, got {args.beam_size}")
+    return args
+
+
+def _evaluate(args: argparse.Namespace) -> tuple[dict, str, str]:
+    """Scores of the folder just written (so the card tells what users will get)."""
+    sources, references = read_lines(args.eval_src), read_lines(args.eval_ref)
+    if len(sources) != len(references):
+        raise CorpusError(
+            f"{args.eval_src} has {len(sources)} lines but {args.eval_ref} has {len(references)}"
+        )
+    translator = Translator.from_pretrained(args.output)
+    results = translator.translate(
+        sources, beam_size=args.beam_size, length_penalty=args.length_penalty
+    )
+    hypotheses = [" ".join(nbest[0].text.splitlines()) for nbest in results]
+    scores = {**corpus_scores(hypotheses, references), "sentences": len(sources)}
+    search = "greedy search" if args.beam_size == 1 else f"beam search, beam {args.beam_size}"
+    name = args.eval_name or Path(args.eval_src.name.removesuffix(".gz")).stem
+    return scores, name, f"{search}, length penalty {args.length_penalty:g}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    paths = args.checkpoints
+    try:
+        loaded = load_model(paths[0]) if len(paths) == 1 else _average(paths)
+        config = save_pretrained(args.output, loaded, training_config(paths[0]))
+        scores, test_name, decoding = _evaluate(args) if args.eval_src else (None, "", "")
+        parameters = sum(p.numel() for p in loaded.model.parameters())
+        card = model_card.render(
+            config, parameters, [str(p) for p in paths], scores, test_name, decoding
+        )
+        (args.output / CARD_FILE).write_text(card, encoding="utf-8")
+        print(f"exported {' '.join(map(str, paths))} to {args.output}")
+        if scores is not None:
+            print(f"{test_name}: BLEU {scores['bleu']:.2f} ({scores['signature']['bleu']})")
+        if args.push_to_hub:
+            url = push_to_hub(args.output, args.push_to_hub)
+            print(f"pushed {args.output} to {url}")
+    except (CheckpointError, CorpusError, OSError) as e:
+        print(f"export: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
