@@ -13,29 +13,20 @@ load it; so do they the hub id once it is pushed.
 """
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
 import yaml
 
 from seq2seq import model_card
-from seq2seq.checkpoint import CheckpointError, LoadedModel, _read, load_model
+from seq2seq.checkpoint import CheckpointError, _read, load_model
+from seq2seq.commands.average import average
 from seq2seq.data.corpus import CorpusError, read_lines
 from seq2seq.metrics import corpus_scores
 from seq2seq.pretrained import CARD_FILE, push_to_hub, save_pretrained
 from seq2seq.translator import BEAM_SIZE, Translator
 
 RUN_CONFIG = "config.yaml"  # what Lightning's CLI writes into a run folder
-
-
-def _average(paths: list[Path]) -> LoadedModel:
-    # scripts/average_checkpoints.py holds the averaging (until it moves into this package).
-    script = Path(__file__).resolve().parents[2] / "scripts" / "average_checkpoints.py"
-    spec = importlib.util.spec_from_file_location("average_checkpoints", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.average(paths)
 
 
 def training_config(path: Path) -> dict | None:
@@ -111,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     paths = args.checkpoints
     try:
-        loaded = load_model(paths[0]) if len(paths) == 1 else _average(paths)
+        loaded = load_model(paths[0]) if len(paths) == 1 else average(paths)
         config = save_pretrained(args.output, loaded, training_config(paths[0]))
         scores, test_name, decoding = _evaluate(args) if args.eval_src else (None, "", "")
         parameters = sum(p.numel() for p in loaded.model.parameters())
