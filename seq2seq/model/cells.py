@@ -27,11 +27,19 @@ from torch import nn
 State = tuple[torch.Tensor, ...]  # each (B, H); state[0] is h_t
 
 
+def uniform_parameter(hidden_size: int, *shape: int) -> nn.Parameter:
+    """A parameter initialised as PyTorch initialises every recurrent weight and bias:
+    U(-1/sqrt(H), 1/sqrt(H))."""
+    bound = 1.0 / math.sqrt(hidden_size)
+    return nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+
+
 class Cell(nn.Module):
     num_gates: int  # G: pre-activations per hidden unit in x_gates and h_gates
     keep_gate: int  # the chunk of b whose gate keeps the old state: forget_bias goes there
     keep_sign: float = 1.0  # -1 where a larger pre-activation forgets more (CIFG)
     input_bias: bool = True  # False: the cell has its own bias; the caller's x_gates has none
+    state_size: int = 2  # tensors in a state: (h, c); 1 for the GRU, which has no cell state
 
     def __init__(self, hidden_size: int):
         super().__init__()
@@ -48,10 +56,6 @@ class Cell(nn.Module):
         with torch.no_grad():
             bias.view(cls.num_gates, -1)[cls.keep_gate] += cls.keep_sign * value
 
-    def _uniform(self, *shape: int) -> nn.Parameter:
-        """A parameter initialised as PyTorch initialises every recurrent weight and bias."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        return nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
 
 
 class LSTM(Cell):
@@ -77,9 +81,9 @@ class PeepholeLSTM(Cell):
 
     def __init__(self, hidden_size: int):
         super().__init__(hidden_size)
-        self.peephole_input = self._uniform(hidden_size)  # p_i (H,)
-        self.peephole_forget = self._uniform(hidden_size)  # p_f (H,)
-        self.peephole_output = self._uniform(hidden_size)  # p_o (H,)
+        self.peephole_input = uniform_parameter(hidden_size, hidden_size)  # p_i (H,)
+        self.peephole_forget = uniform_parameter(hidden_size, hidden_size)  # p_f (H,)
+        self.peephole_output = uniform_parameter(hidden_size, hidden_size)  # p_o (H,)
 
     def forward(self, x_gates: torch.Tensor, h_gates: torch.Tensor, state: State) -> State:
         _, cell = state  # (B, H)
@@ -114,11 +118,11 @@ class GRU(Cell):
     """Cho et al. 2014, in PyTorch's (and cuDNN's) form: the reset gate multiplies W_hn h_{t-1}
     + b_hn rather than h_{t-1} before the product. No cell state: the state is (h,)."""
 
-    num_gates, keep_gate = 3, 1  # z keeps the old state: h_t = (1 - z) n + z h_{t-1}
+    num_gates, keep_gate, state_size = 3, 1, 1  # z keeps the old state: see `hidden` below
 
     def __init__(self, hidden_size: int):
         super().__init__(hidden_size)
-        self.bias_hn = self._uniform(hidden_size)  # b_hn (H,): inside the reset gate's product
+        self.bias_hn = uniform_parameter(hidden_size, hidden_size)  # b_hn (H,), inside r * (...)
 
     def init_state(self, h: torch.Tensor) -> State:
         return (h,)
@@ -203,9 +207,9 @@ class CellLayer(nn.Module):
         super().__init__()
         self.cell = make_cell(cell, hidden_size, forget_bias)
         gates = self.cell.num_gates * hidden_size
-        self.weight_ih = self.cell._uniform(gates, input_size)
-        self.weight_hh = self.cell._uniform(gates, hidden_size)
-        self.bias = self.cell._uniform(gates) if self.cell.input_bias else None
+        self.weight_ih = uniform_parameter(hidden_size, gates, input_size)
+        self.weight_hh = uniform_parameter(hidden_size, gates, hidden_size)
+        self.bias = uniform_parameter(hidden_size, gates) if self.cell.input_bias else None
         if self.bias is not None:
             self.cell.add_forget_bias(self.bias, forget_bias)
         self.hidden_size = hidden_size

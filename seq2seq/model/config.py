@@ -5,7 +5,10 @@ checkpoints and model folders store it, and the FLOP count reads it. The vocabul
 here: they come from the SentencePiece models, and `Seq2Seq` takes them beside the config.
 """
 
+import math
 from dataclasses import dataclass, fields
+
+from seq2seq.model.cells import CELLS
 
 
 @dataclass
@@ -20,15 +23,23 @@ class ModelConfig:
     embedding_dropout: float = 0.1
     tie_output_embedding: bool = True  # decoder output layer = target embedding
     share_embeddings: bool = True  # one table for source and target: needs a joint vocabulary
+    cell: str = "lstm"  # a key of seq2seq.model.cells.CELLS; docs/lstm.md compares them
+    recurrent_dropout: float = 0.0  # on h_{t-1}, one mask per sequence (Gal & Ghahramani 2016)
+    forget_bias: float = 0.0  # added to the forget gate's initial bias (Jozefowicz et al.: 1)
 
     def __post_init__(self):
         for f in fields(ModelConfig):  # a subclass checks its own fields
             value = getattr(self, f.name)
             if f.type is int and (type(value) is not int or value <= 0):
                 raise ValueError(f"model.{f.name} must be an integer > 0, got {value!r}")
-            if f.type is float and not (
+            if f.type is float and f.name != "forget_bias" and not (
                 isinstance(value, (int, float)) and 0.0 <= value < 1.0
             ):
                 raise ValueError(f"model.{f.name} must be in [0, 1), got {value!r}")
             if f.type is bool and not isinstance(value, bool):
                 raise ValueError(f"model.{f.name} must be true or false, got {value!r}")
+        if type(self.cell) is not str or self.cell not in CELLS:
+            raise ValueError(f"model.cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        forget_bias = self.forget_bias
+        if type(forget_bias) not in (int, float) or not math.isfinite(forget_bias):
+            raise ValueError(f"model.forget_bias must be a finite number, got {forget_bias!r}")

@@ -1,21 +1,28 @@
-"""LSTM decoder with Bahdanau attention.
+"""Recurrent decoder with Bahdanau attention; its cell is any of seq2seq/model/cells.py.
 
 Order of one step t, as in Bahdanau et al. (2015):
   1. attention is queried with the previous top-layer state s_{t-1} -> context c_t, alphas_t
-  2. the first LSTM layer reads [E y_{t-1}; c_t]; further layers read the layer below
+  2. the first layer reads [E y_{t-1}; c_t]; further layers read the layer below
   3. readout r_t = tanh(W_r [s_t; c_t; E y_{t-1}]), logits = W_o r_t (W_o may be E, tied)
 
 The first layer's input weight is kept in two parts, embedding and context, so that teacher
-forcing applies the embedding part to all T steps in one matrix product before the loop.
+forcing applies the embedding part to all T steps in one matrix product before the loop; its
+cell then gets x_gates = (that part) + W_ctx c_t and h_gates = W_hh s_{t-1}.
 """
 
-import math
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from seq2seq.model.attention import BahdanauAttention
+from seq2seq.model.cells import (
+    CellLayer,
+    State,
+    make_cell,
+    recurrent_dropout_mask,
+    uniform_parameter,
+)
 
 
 class EncoderMemory(NamedTuple):
@@ -28,7 +35,7 @@ class EncoderMemory(NamedTuple):
 
 class DecoderState(NamedTuple):
     h: torch.Tensor  # (L, B, H)
-    c: torch.Tensor  # (L, B, H)
+    c: torch.Tensor  # (L, B, H) the cell state; (L, B, 0) for the GRU, which has none
 
 
 class DecoderLSTM(nn.Module):
@@ -42,6 +49,9 @@ class DecoderLSTM(nn.Module):
         dropout: float,
         embedding_dropout: float,
         tie_output_embedding: bool,
+        cell: str = "lstm",
+        recurrent_dropout: float = 0.0,
+        forget_bias: float = 0.0,
     ):
         super().__init__()
         emb_size = embedding.embedding_dim
@@ -53,17 +63,26 @@ class DecoderLSTM(nn.Module):
         self.num_layers = num_layers
         self.hidden_size = hidden_size
 
-        # First layer, written out so its input weight can be split (see module docstring).
-        self.weight_emb = nn.Parameter(torch.empty(4 * hidden_size, emb_size))
-        self.weight_ctx = nn.Parameter(torch.empty(4 * hidden_size, encoder_size))
-        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
-        self.bias = nn.Parameter(torch.empty(4 * hidden_size))
-        bound = 1.0 / math.sqrt(hidden_size)
-        for p in (self.weight_emb, self.weight_ctx, self.weight_hh, self.bias):
-            nn.init.uniform_(p, -bound, bound)
+        # First layer: W_x split in two (see module docstring), W_h, b, and the cell's equations.
+        self.cell = make_cell(cell, hidden_size, forget_bias)
+        gates = self.cell.num_gates * hidden_size
+        self.weight_emb = uniform_parameter(hidden_size, gates, emb_size)
+        self.weight_ctx = uniform_parameter(hidden_size, gates, encoder_size)
+        self.weight_hh = uniform_parameter(hidden_size, gates, hidden_size)
+        self.bias = uniform_parameter(hidden_size, gates) if self.cell.input_bias else None
+        if self.bias is not None:
+            self.cell.add_forget_bias(self.bias, forget_bias)
+        self.recurrent_dropout = recurrent_dropout
+        # The plain LSTM without recurrent dropout keeps PyTorch's cell (and its parameter names).
         self.upper_layers = nn.ModuleList(
-            nn.LSTMCell(hidden_size, hidden_size) for _ in range(num_layers - 1)
+            nn.LSTMCell(hidden_size, hidden_size)
+            if cell == "lstm" and recurrent_dropout == 0.0
+            else CellLayer(cell, hidden_size, hidden_size, forget_bias, recurrent_dropout)
+            for _ in range(num_layers - 1)
         )
+        for upper in self.upper_layers:
+            if isinstance(upper, nn.LSTMCell):
+                self.cell.add_forget_bias(upper.bias_ih, forget_bias)
         self.layer_dropout = nn.Dropout(dropout)
 
         self.readout = nn.Linear(hidden_size + encoder_size + emb_size, emb_size)
@@ -81,36 +100,49 @@ class DecoderLSTM(nn.Module):
         batch = encoder_final.size(0)
         h = torch.tanh(self.bridge(encoder_final)).float()  # (B, L * H)
         h = h.view(batch, self.num_layers, self.hidden_size).transpose(0, 1).contiguous()
-        return DecoderState(h, torch.zeros_like(h))
+        return self._stack([self.cell.init_state(h_l) for h_l in h.unbind(0)])
+
+    def _unstack(self, state: DecoderState) -> list[State]:
+        """(L, B, H) tensors -> the cell's state tuple of (B, H) tensors, per layer."""
+        if self.cell.state_size == 1:
+            return [(h,) for h in state.h.unbind(0)]
+        return list(zip(state.h.unbind(0), state.c.unbind(0), strict=True))
+
+    def _stack(self, states: list[State]) -> DecoderState:
+        h = torch.stack([s[0] for s in states])  # (L, B, H)
+        if self.cell.state_size == 1:
+            return DecoderState(h, h.new_zeros(*h.shape[:2], 0))
+        return DecoderState(h, torch.stack([s[1] for s in states]))
 
     def _embed(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens (B, ...) -> embedded (B, ..., E) and the first layer's gate input (B, ..., 4H)."""
+        """tokens (B, ...) -> embedded (B, ..., E) and the first layer's W_emb E y + b
+        (B, ..., G*H)."""
         embedded = self.embedding_dropout(self.embedding(tokens))
         return embedded, nn.functional.linear(embedded, self.weight_emb, self.bias)
 
     def _step(
         self,
         emb_gates: torch.Tensor,
-        h: list[torch.Tensor],
-        c: list[torch.Tensor],
+        states: list[State],
         memory: EncoderMemory,
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """One decoder step from per-layer states h[l], c[l] (B, H) and emb_gates (B, 4H).
+        h_masks: list[torch.Tensor | None],
+    ) -> tuple[list[State], torch.Tensor, torch.Tensor]:
+        """One decoder step from per-layer states (tuples of (B, H)) and emb_gates (B, G*H);
+        h_masks: per layer, the recurrent dropout mask (B, H) or None.
 
         Returns the new per-layer states, context (B, C) and alphas (B, S).
         """
-        context, alphas = self.attention(h[-1], memory.keys, memory.values, memory.mask)
-        gates = torch.addmm(emb_gates, context, self.weight_ctx.t())
-        gates = torch.addmm(gates, h[0], self.weight_hh.t())  # (B, 4H), order i, f, g, o
-        i, f, g, o = gates.chunk(4, dim=1)
-        c0 = torch.sigmoid(f) * c[0] + torch.sigmoid(i) * torch.tanh(g)
-        h0 = torch.sigmoid(o) * torch.tanh(c0)
-        new_h, new_c = [h0], [c0]
-        for layer, cell in enumerate(self.upper_layers, start=1):
-            hl, cl = cell(self.layer_dropout(new_h[-1]), (h[layer], c[layer]))
-            new_h.append(hl)
-            new_c.append(cl)
-        return new_h, new_c, context, alphas
+        context, alphas = self.attention(states[-1][0], memory.keys, memory.values, memory.mask)
+        x_gates = torch.addmm(emb_gates, context, self.weight_ctx.t())  # (B, G*H)
+        h = states[0][0] if h_masks[0] is None else states[0][0] * h_masks[0]
+        new = [self.cell(x_gates, h @ self.weight_hh.t(), states[0])]
+        for upper, state, h_mask in zip(self.upper_layers, states[1:], h_masks[1:], strict=True):
+            x = self.layer_dropout(new[-1][0])
+            if isinstance(upper, nn.LSTMCell):
+                new.append(upper(x, state))
+            else:
+                new.append(upper.step(upper.input_gates(x), state, h_mask))
+        return new, context, alphas
 
     def _logits(
         self, top: torch.Tensor, context: torch.Tensor, embedded: torch.Tensor
@@ -123,14 +155,20 @@ class DecoderLSTM(nn.Module):
         self, tgt_in: torch.Tensor, state: DecoderState, memory: EncoderMemory
     ) -> torch.Tensor:
         """Teacher forcing. tgt_in (B, T) starts with BOS -> logits (B, T, V)."""
-        embedded, emb_gates = self._embed(tgt_in)  # (B, T, E), (B, T, 4H)
-        h, c = list(state.h.unbind(0)), list(state.c.unbind(0))
+        embedded, emb_gates = self._embed(tgt_in)  # (B, T, E), (B, T, G*H)
+        states = self._unstack(state)
+        h_masks = [  # one per layer for the whole sequence (Gal & Ghahramani 2016)
+            recurrent_dropout_mask(
+                tgt_in.size(0), self.hidden_size, self.recurrent_dropout, self.training, state.h
+            )
+            for _ in range(self.num_layers)
+        ]
         tops, contexts = [], []
         # unbind, not emb_gates[:, t]: indexing would make backward build and sum T full-size
         # gradient tensors, one per step.
         for emb_gates_t in emb_gates.unbind(1):
-            h, c, context, _ = self._step(emb_gates_t, h, c, memory)
-            tops.append(h[-1])
+            states, context, _ = self._step(emb_gates_t, states, memory, h_masks)
+            tops.append(states[-1][0])
             contexts.append(context)
         top = torch.stack(tops, dim=1)  # (B, T, H)
         context = torch.stack(contexts, dim=1)  # (B, T, C)
@@ -139,10 +177,10 @@ class DecoderLSTM(nn.Module):
     def step(
         self, prev_tokens: torch.Tensor, state: DecoderState, memory: EncoderMemory
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
-        """prev_tokens (B,) -> logits (B, V), the next state, alphas (B, S)."""
-        embedded, emb_gates = self._embed(prev_tokens)  # (B, E), (B, 4H)
-        h, c, context, alphas = self._step(
-            emb_gates, list(state.h.unbind(0)), list(state.c.unbind(0)), memory
-        )
-        logits = self._logits(h[-1], context, embedded)
-        return logits, DecoderState(torch.stack(h), torch.stack(c)), alphas
+        """prev_tokens (B,) -> logits (B, V), the next state, alphas (B, S). For search, which
+        runs in eval mode: no recurrent dropout."""
+        embedded, emb_gates = self._embed(prev_tokens)  # (B, E), (B, G*H)
+        no_masks = [None] * self.num_layers
+        states, context, alphas = self._step(emb_gates, self._unstack(state), memory, no_masks)
+        logits = self._logits(states[-1][0], context, embedded)
+        return logits, self._stack(states), alphas

@@ -39,6 +39,9 @@ class Seq2Seq(nn.Module):
             config.encoder_layers,
             config.dropout,
             config.embedding_dropout,
+            config.cell,
+            config.recurrent_dropout,
+            config.forget_bias,
         )
         self.decoder = DecoderLSTM(
             tgt_embedding,
@@ -49,6 +52,9 @@ class Seq2Seq(nn.Module):
             config.dropout,
             config.embedding_dropout,
             config.tie_output_embedding,
+            config.cell,
+            config.recurrent_dropout,
+            config.forget_bias,
         )
 
     def tie_weights(self) -> None:

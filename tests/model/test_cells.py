@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from seq2seq.model import ModelConfig, Seq2Seq
 from seq2seq.model.cells import CELLS, CellLayer, recurrent_dropout_mask
 
 LENGTHS = [5, 2, 4]
@@ -139,3 +140,41 @@ def test_forget_bias_shifts_only_the_keep_gate_and_zero_changes_nothing(cell):
     expected = base.clone()
     expected[keep_gate] += sign
     torch.testing.assert_close(shifted, expected, rtol=0, atol=0)
+
+
+def tiny_seq2seq(**overrides) -> Seq2Seq:
+    torch.manual_seed(0)
+    sizes = dict(embedding_size=16, encoder_hidden_size=8, decoder_hidden_size=12,
+                 attention_size=8, encoder_layers=2, decoder_layers=2)
+    return Seq2Seq(ModelConfig(**sizes, **overrides), 40, 40)
+
+
+@pytest.mark.parametrize("recurrent_dropout", [0.0, 0.3])  # 0.3: lstm and gru written out too
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_every_cell_in_the_model_is_batch_invariant_and_steps_like_teacher_forcing(
+    cell, recurrent_dropout
+):
+    model = tiny_seq2seq(cell=cell, recurrent_dropout=recurrent_dropout).eval()
+    assert model.encoder.fused == (cell in ("lstm", "gru") and recurrent_dropout == 0.0)
+    lengths = torch.tensor([7, 3, 5])
+    src = torch.randint(4, 40, (3, 7)) * (torch.arange(7) < lengths.unsqueeze(1))
+    tgt = torch.randint(4, 40, (3, 4))
+    with torch.no_grad():
+        logits = model(src, lengths, tgt)  # (B, T, V)
+        memory, state = model.encode(src, lengths)
+        for t in range(tgt.size(1)):  # search's path gives teacher forcing's logits
+            log_probs, state, _ = model.decode_step(tgt[:, t], state, memory)
+            torch.testing.assert_close(log_probs, logits[:, t].log_softmax(-1), rtol=0, atol=1e-5)
+        for row, n in enumerate(lengths.tolist()):
+            alone = model(src[row : row + 1, :n], lengths[row : row + 1], tgt[row : row + 1])
+            torch.testing.assert_close(alone[0], logits[row], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_every_cell_trains_with_recurrent_dropout_and_forget_bias(cell):
+    model = tiny_seq2seq(cell=cell, recurrent_dropout=0.3, forget_bias=1.0).train()
+    src, lengths = torch.randint(4, 40, (3, 6)), torch.tensor([6, 6, 6])
+    logits = model(src, lengths, torch.randint(4, 40, (3, 5)))
+    logits.sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
