@@ -112,6 +112,12 @@ def _warn(message: str) -> None:
     tqdm.write(f"translate: warning: {message}", file=sys.stderr)
 
 
+def output_text(result: TranslationResult) -> str:
+    """A translation as one output line: a decoded newline must not split it (the service
+    answers with the same words)."""
+    return " ".join(result.text.splitlines())
+
+
 def _file_lines(data: bytes) -> list[bytes]:
     lines = data.split(b"\n")
     if lines[-1] == b"":  # the last newline ends the last line rather than starting one
@@ -204,7 +210,7 @@ class LineTranslator:
         nbest = nbest + [empty_result()] * (self.args.nbest - len(nbest))
         lines = []
         for result in nbest:
-            text = " ".join(result.text.splitlines())  # a decoded newline must not split a line
+            text = output_text(result)
             if self.args.nbest_format == "tsv":
                 lines.append(f"{index}\t{result.score:.4f}\t{text}")
             elif self.args.scores:
@@ -240,6 +246,11 @@ def _run(args: argparse.Namespace, translator: Translator, out: BinaryIO) -> int
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        from seq2seq.serve.cli import main as serve  # FastAPI loads only for the service
+
+        return serve(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.nbest > args.beam_size:

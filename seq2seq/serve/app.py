@@ -1,0 +1,163 @@
+"""The FastAPI application: POST /v1/translate, GET /health, GET /v1/models, GET / (the page).
+
+Every error is JSON `{"error": "<one line naming the field>"}` with a 4xx/5xx status, and
+the server keeps serving. The body is read here, within its byte limit, before any parsing,
+so that an oversized or non-UTF-8 body never reaches the JSON parser.
+"""
+
+import asyncio
+import json
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+
+from seq2seq.cli import output_text
+from seq2seq.serve.batcher import DynamicBatcher, QueueFull
+from seq2seq.serve.schema import (
+    Attention,
+    Hypothesis,
+    Limits,
+    TranslateRequest,
+    TranslateResponse,
+    Translation,
+    error_message,
+)
+from seq2seq.translator import BEAM_SIZE, TranslationResult
+
+STATIC = Path(__file__).parent / "static"
+RETRY_AFTER_S = 1  # what a 503 asks a client to wait: about one batch's decoding time
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str):
+        self.status, self.message = status, message
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BadRequest(413, f"body: {declared} bytes; this server takes at most {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BadRequest(413, f"body: more than {limit} bytes, the most this server takes")
+    return bytes(body)
+
+
+def parse_request(body: bytes, limits: Limits) -> TranslateRequest:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(
+            400, f"body: not valid UTF-8 (byte 0x{body[e.start]:02x} at offset {e.start})"
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadRequest(400, f"body: not valid JSON ({e})") from None
+    try:
+        return TranslateRequest.model_validate(data, context={"limits": limits})
+    except ValidationError as e:
+        raise BadRequest(422, error_message(e)) from None
+
+
+def _translation(nbest: list[TranslationResult], request: TranslateRequest) -> Translation:
+    best = nbest[0]
+    return Translation(
+        text=output_text(best),
+        score=best.score if request.return_scores else None,
+        nbest=[
+            Hypothesis(text=output_text(r), score=r.score if request.return_scores else None)
+            for r in nbest
+        ]
+        if request.nbest > 1
+        else None,
+        attention=Attention(
+            src_pieces=best.src_pieces, tgt_pieces=best.tgt_pieces, weights=best.attention.tolist()
+        )
+        if request.return_attention
+        else None,
+        truncated=best.truncated,
+    )
+
+
+def create_app(batcher: DynamicBatcher, models: dict, limits: Limits) -> FastAPI:
+    """`models`: what GET /v1/models answers (see serve.cli.describe_models)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        yield
+        # uvicorn has answered every request by now; the worker ends once its queue is empty.
+        await asyncio.to_thread(batcher.stop)
+
+    app = FastAPI(
+        title="seq2seq translation service",
+        summary=f"{models['source_language']} -> {models['target_language']}",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, e: BadRequest) -> JSONResponse:
+        return _error(e.status, e.message)
+
+    @app.exception_handler(HTTPException)  # 404, 405 ...: the same error format
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+        return _error(e.status_code, str(e.detail), getattr(e, "headers", None))
+
+    @app.post(
+        "/v1/translate",
+        response_model=TranslateResponse,
+        response_model_exclude_none=True,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": TranslateRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def translate(request: Request):
+        """One translation per sentence of `text`, in order: the line `translate` prints."""
+        body = await _read_body(request, limits.max_body_bytes)
+        req = parse_request(body, limits)
+        try:
+            future = batcher.submit(req.text, beam_size=req.beam_size, nbest=req.nbest)
+        except QueueFull as e:
+            return _error(503, f"busy: {e}; retry later", {"Retry-After": str(RETRY_AFTER_S)})
+        try:
+            results = await asyncio.wrap_future(future)
+        except Exception as e:
+            return _error(500, f"translation failed ({type(e).__name__}); see the server log")
+        return TranslateResponse(translations=[_translation(r, req) for r in results])
+
+    @app.get("/health")
+    async def health():
+        return {
+            "status": "ok",
+            "queued": batcher.queued(),
+            "requests_decoded": batcher.requests,
+            "batches": batcher.batches,
+        }
+
+    @app.get("/v1/models")
+    async def list_models():
+        """Languages, model sizes and parameters, scores from a model folder's config.json."""
+        return {**models, "limits": asdict(limits), "defaults": {"beam_size": BEAM_SIZE}}
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

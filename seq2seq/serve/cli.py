@@ -1,0 +1,155 @@
+"""translate serve: the model(s) behind an HTTP service, and a web page to try them.
+
+    translate serve -m model.ckpt                       # http://127.0.0.1:8080/
+    curl -s localhost:8080/v1/translate -H 'content-type: application/json' \\
+        -d '{"text": ["Ein Mann fährt Fahrrad."]}'
+
+The models are chosen here, at start-up; no request names a file. SIGTERM (or Ctrl-C) stops
+accepting connections, answers what is in flight, and exits with status 0.
+"""
+
+import argparse
+import signal
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import uvicorn
+
+from seq2seq.checkpoint import CheckpointError
+from seq2seq.cli import _OneLineErrors, _positive_int
+from seq2seq.ensemble import COMBINE, Ensemble
+from seq2seq.pretrained import CARD_FILE, is_hub_id
+from seq2seq.serve.app import create_app
+from seq2seq.serve.batcher import MAX_BATCH_TOKENS, MAX_QUEUE, MAX_WAIT_MS, DynamicBatcher
+from seq2seq.serve.schema import Limits
+from seq2seq.translator import Translator
+
+PROG = "translate serve"
+
+
+def _non_negative_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not number >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineErrors(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "-m", "--model", action="append", required=True, metavar="MODEL",
+        help="what `translate -m` takes; repeat it to serve an ensemble",
+    )
+    parser.add_argument("--ensemble-combine", choices=COMBINE, default="log_prob")
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 listens on every interface")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:1")
+    parser.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), default="info",
+        help="info logs every request; warning only problems",
+    )
+    batching = parser.add_argument_group("dynamic batching")
+    batching.add_argument(
+        "--max-batch-tokens", type=_positive_int, default=MAX_BATCH_TOKENS,
+        help="source pieces decoded together at most (1: one request at a time)",
+    )
+    batching.add_argument(
+        "--max-wait-ms", type=_non_negative_float, default=MAX_WAIT_MS,
+        help="how long the oldest request waits for others to join its batch",
+    )
+    batching.add_argument(
+        "--max-queue", type=_positive_int, default=MAX_QUEUE,
+        help="requests waiting at most; more are answered 503 with Retry-After",
+    )
+    limits = parser.add_argument_group("request limits (a request over one gets a 4xx answer)")
+    for name in Limits.__dataclass_fields__:
+        default = getattr(Limits(), name)
+        limits.add_argument(
+            f"--{name.replace('_', '-')}", type=_positive_int, default=default,
+            help=f"default {default}",
+        )
+    return parser
+
+
+def card_scores(name: str) -> list[dict]:
+    """The test scores in the model card of a model folder or a cached hub model; [] for a
+    checkpoint or a card without them. Read from disk only: the service starts offline."""
+    from huggingface_hub import ModelCard, try_to_load_from_cache
+
+    if Path(name).is_dir():
+        card = Path(name) / CARD_FILE
+    elif is_hub_id(name):
+        card = try_to_load_from_cache(name, CARD_FILE)
+    else:
+        return []
+    if not isinstance(card, (str, Path)) or not Path(card).is_file():
+        return []
+    results = ModelCard.load(card).data.eval_results or []
+    return [
+        {"dataset": r.dataset_name, "metric": r.metric_type, "value": r.metric_value,
+         "signature": r.metric_config}
+        for r in results
+    ]
+
+
+def describe_models(translator: Translator, names: list[str]) -> dict:
+    """What GET /v1/models answers."""
+    model = translator.model
+    members = list(model.models) if isinstance(model, Ensemble) else [model]
+    return {
+        "source_language": translator.src_lang,
+        "target_language": translator.tgt_lang,
+        "vocabulary_size": {
+            "source": translator.src_tokenizer.vocab_size,
+            "target": translator.tgt_tokenizer.vocab_size,
+        },
+        "ensemble": model.combine if isinstance(model, Ensemble) else None,
+        "models": [
+            {
+                "name": name,
+                "parameters": sum(p.numel() for p in member.parameters()),
+                "config": asdict(member.config),
+                "scores": card_scores(name),
+            }
+            for name, member in zip(names, members, strict=True)
+        ],
+    }
+
+
+def _exit_zero(signum, frame):
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler
+    # that was there before it: this one, so that a requested stop ends with status 0.
+    raise SystemExit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    signal.signal(signal.SIGTERM, _exit_zero)
+    try:
+        translator = Translator.from_checkpoints(
+            args.model, device=args.device, combine=args.ensemble_combine
+        )
+    except CheckpointError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except (RuntimeError, AssertionError, ValueError) as e:  # what torch raises for devices
+        print(f"{PROG}: error: cannot use device {args.device!r}: {e}", file=sys.stderr)
+        return 2
+    batcher = DynamicBatcher(translator, args.max_batch_tokens, args.max_wait_ms, args.max_queue)
+    limits = Limits(**{name: getattr(args, name) for name in Limits.__dataclass_fields__})
+    app = create_app(batcher, describe_models(translator, args.model), limits)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    except KeyboardInterrupt:
+        return 130
+    return 0

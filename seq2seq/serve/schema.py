@@ -1,0 +1,103 @@
+"""The request and response bodies of POST /v1/translate, and the request limits.
+
+Validation is pydantic's (strict: no "5" for 5, no 1.0 for 1); `error_message` turns its
+errors into the one line a client gets back, naming the field.
+"""
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+
+from seq2seq.search import check_nbest
+from seq2seq.translator import BEAM_SIZE
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; `translate serve` options of the same names."""
+
+    max_lines: int = 256
+    max_line_chars: int = 10_000
+    max_body_bytes: int = 1_000_000
+    max_beam_size: int = 16
+
+
+class TranslateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    text: list[str] = Field(description="sentences, one per item, translated independently")
+    beam_size: int = Field(BEAM_SIZE, description="1 = greedy search")
+    nbest: int = Field(1, description="translations per sentence, best first (<= beam_size)")
+    return_attention: bool = Field(False, description="the best translation's attention")
+    return_scores: bool = Field(False, description="the search's score of each translation")
+
+    @model_validator(mode="after")
+    def _within_limits(self, info: ValidationInfo) -> "TranslateRequest":
+        limits: Limits = (info.context or {}).get("limits", Limits())
+        if not self.text:
+            raise ValueError("text: must hold at least one sentence")
+        if len(self.text) > limits.max_lines:
+            raise ValueError(
+                f"text: {len(self.text)} sentences; this server takes at most {limits.max_lines}"
+            )
+        for i, line in enumerate(self.text):
+            if len(line) > limits.max_line_chars:
+                raise ValueError(
+                    f"text[{i}]: {len(line)} characters; this server takes at most "
+                    f"{limits.max_line_chars} a sentence"
+                )
+        if not 1 <= self.beam_size <= limits.max_beam_size:
+            raise ValueError(
+                f"beam_size: must be from 1 to {limits.max_beam_size}, got {self.beam_size}"
+            )
+        try:
+            check_nbest(self.beam_size, self.nbest)
+        except ValueError as e:
+            raise ValueError(f"nbest: {e}") from None
+        return self
+
+
+class Attention(BaseModel):
+    src_pieces: list[str] = Field(description="columns: the source pieces read, EOS included")
+    tgt_pieces: list[str] = Field(description="rows: the output pieces, EOS included")
+    weights: list[list[float]] = Field(description="len(tgt_pieces) rows of len(src_pieces)")
+
+
+class Hypothesis(BaseModel):
+    text: str
+    score: float | None = None
+
+
+class Translation(BaseModel):
+    text: str = Field(description="the best translation: the line `translate` prints")
+    score: float | None = None
+    nbest: list[Hypothesis] | None = Field(None, description="with nbest > 1: best first")
+    attention: Attention | None = None
+    truncated: bool = Field(description="the sentence was cut to its first pieces")
+
+
+class TranslateResponse(BaseModel):
+    translations: list[Translation] = Field(description="one per sentence, in request order")
+
+
+def _field(loc: tuple) -> str:
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
+    return name
+
+
+def error_message(error: ValidationError) -> str:
+    """The first of pydantic's errors as one line that names the field."""
+    e = error.errors()[0]
+    where = _field(e["loc"])
+    if e["type"] == "value_error":  # our own checks above: their message names the field
+        return str(e["ctx"]["error"])
+    if e["type"] == "extra_forbidden":
+        known = ", ".join(TranslateRequest.model_fields)
+        return f"{where}: unknown field (the fields are {known})"
+    if e["type"] == "model_type":
+        return "body: must be a JSON object such as {\"text\": [\"...\"]}"
+    if e["type"] == "missing":
+        return f"{where}: required"
+    return f"{where}: {e['msg']}"

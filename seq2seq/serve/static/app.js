@@ -1,0 +1,118 @@
+// The page of `translate serve`: plain JS, no build step, nothing from the network but
+// this server's own API (POST /v1/translate, GET /v1/models).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let results = [];  // the last response's translations, one per source line
+
+async function loadModel() {
+  const response = await fetch("/v1/models");
+  const info = await response.json();
+  $("languages").textContent = `${info.source_language} → ${info.target_language}`;
+  $("beam").max = info.limits.max_beam_size;
+  $("beam").value = info.defaults.beam_size;
+  $("nbest").max = info.limits.max_beam_size;
+}
+
+async function translate(event) {
+  event.preventDefault();
+  const lines = $("source").value.split("\n").filter((line) => line.trim() !== "");
+  if (lines.length === 0) return;
+  $("translate").disabled = true;
+  try {
+    const response = await fetch("/v1/translate", {
+      method: "POST",
+      headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({
+        text: lines,
+        beam_size: Number($("beam").value),
+        nbest: Number($("nbest").value),
+        return_scores: $("scores").checked,
+        return_attention: true,
+      }),
+    });
+    const body = await response.json();
+    if (!response.ok) throw new Error(body.error || response.statusText);
+    $("error").hidden = true;
+    results = body.translations;
+    showTranslations();
+    choose(0);
+  } catch (error) {
+    $("error").textContent = error.message;
+    $("error").hidden = false;
+  } finally {
+    $("translate").disabled = false;
+  }
+}
+
+function showTranslations() {
+  const list = $("translations");
+  list.replaceChildren();
+  results.forEach((result, i) => {
+    const item = document.createElement("li");
+    item.textContent = result.text;
+    item.addEventListener("click", () => choose(i));
+    list.append(item);
+  });
+  $("results").hidden = false;
+}
+
+function choose(index) {
+  [...$("translations").children].forEach((li, i) => li.classList.toggle("chosen", i === index));
+  const result = results[index];
+  showNbest(result);
+  showAttention(result.attention);
+}
+
+function showNbest(result) {
+  const rows = $("nbest-list").tBodies[0];
+  rows.replaceChildren();
+  const hypotheses = result.nbest || [];
+  for (const hyp of hypotheses) {
+    const row = rows.insertRow();
+    row.insertCell().textContent = hyp.score === undefined ? "" : hyp.score.toFixed(4);
+    row.insertCell().textContent = hyp.text;
+  }
+  $("nbest-box").hidden = hypotheses.length === 0;
+}
+
+// A grid: a corner, one column label per source piece, then per target piece its label and
+// one cell per source piece, shaded by the weight.
+function showAttention(attention) {
+  const map = $("heatmap");
+  map.replaceChildren();
+  $("cell-info").textContent = "Point at a cell.";
+  if (!attention) return;
+  const {src_pieces: src, tgt_pieces: tgt, weights} = attention;
+  map.style.gridTemplateColumns = `auto repeat(${src.length}, 1.6rem)`;
+  map.append(label("", "corner"));
+  for (const piece of src) map.append(label(piece, "col"));
+  tgt.forEach((tgtPiece, t) => {
+    map.append(label(tgtPiece, "row"));
+    src.forEach((srcPiece, s) => {
+      const weight = weights[t][s];
+      const cell = document.createElement("div");
+      cell.className = "cell";
+      cell.style.background = `rgba(20, 60, 160, ${weight.toFixed(3)})`;
+      cell.title = `${srcPiece} → ${tgtPiece}: ${weight.toFixed(3)}`;
+      cell.addEventListener("mouseenter", () => {
+        $("cell-info").textContent =
+          `source "${srcPiece}" — target "${tgtPiece}": weight ${weight.toFixed(3)}`;
+      });
+      map.append(cell);
+    });
+  });
+}
+
+function label(text, kind) {
+  const element = document.createElement("div");
+  element.className = `label ${kind}`;
+  element.textContent = text;
+  return element;
+}
+
+$("form").addEventListener("submit", translate);
+loadModel().catch((error) => {
+  $("error").textContent = `cannot reach the service: ${error.message}`;
+  $("error").hidden = false;
+});

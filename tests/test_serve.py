@@ -1,0 +1,259 @@
+"""translate serve: the same lines as `translate`, batching, errors, limits, SIGTERM."""
+
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from seq2seq.serve.app import create_app  # noqa: E402
+from seq2seq.serve.batcher import DynamicBatcher  # noqa: E402
+from seq2seq.serve.cli import describe_models  # noqa: E402
+from seq2seq.serve.process import ServerProcess  # noqa: E402
+from seq2seq.serve.schema import Limits  # noqa: E402
+from seq2seq.translator import Translator  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("decoding_one_thread")
+
+# Lines `translate` treats specially, besides ordinary sentences.
+ODD_LINES = ["", "   ", "Ein Hund 🐕 läuft\u00a0schnell.", "ein " * 40, "\ufeffEin Mann."]
+DEFAULT = Limits()
+SMALL = Limits(max_lines=4, max_line_chars=50, max_body_bytes=2000, max_beam_size=6)
+
+
+@pytest.fixture(scope="module")
+def translator(decoding_checkpoint) -> Translator:
+    return Translator.from_checkpoints([decoding_checkpoint])
+
+
+def _client(translator, limits=DEFAULT, max_batch_tokens=4096, max_wait_ms=5.0, max_queue=64):
+    batcher = DynamicBatcher(translator, max_batch_tokens, max_wait_ms, max_queue)
+    app = create_app(batcher, describe_models(translator, ["tiny.ckpt"]), limits)
+    return TestClient(app)
+
+
+@pytest.fixture(scope="module")
+def client(translator):
+    with _client(translator, SMALL) as c:  # `with`: runs the lifespan, i.e. the batcher's worker
+        yield c
+
+
+def _translate(client, text, **options):
+    response = client.post("/v1/translate", json={"text": text, **options})
+    assert response.status_code == 200, response.text
+    return response.json()["translations"]
+
+
+@pytest.mark.parametrize("beam_size", [1, 5])
+def test_same_lines_as_translate(
+    translator, decoding_checkpoint, decoding_val_sources, tmp_path, beam_size
+):
+    lines = decoding_val_sources[:20] + ODD_LINES
+    source = tmp_path / "in.de"
+    source.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    cli = subprocess.run(
+        [sys.executable, "-m", "seq2seq.cli", "-m", str(decoding_checkpoint), "-i", str(source),
+         "--beam-size", str(beam_size)],
+        capture_output=True, check=True,
+    )
+    expected = cli.stdout.decode("utf-8").split("\n")[:-1]
+    assert len(expected) == len(lines)
+    limits = Limits(max_lines=len(lines))
+    with _client(translator, limits=limits, max_wait_ms=50) as client:
+        # All lines in one request, and each line in its own request, all at once: batched
+        # with different neighbours, the words must not change.
+        together = [t["text"] for t in _translate(client, lines, beam_size=beam_size)]
+        alone = [None] * len(lines)
+
+        def one(i):
+            alone[i] = _translate(client, [lines[i]], beam_size=beam_size)[0]["text"]
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(lines))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert client.get("/health").json()["batches"] < 1 + len(lines)  # some were batched
+    assert together == expected
+    assert alone == expected
+
+
+def test_nbest_scores_and_attention(client, decoding_val_sources):
+    [result] = _translate(
+        client, [decoding_val_sources[3]], beam_size=4, nbest=3,
+        return_scores=True, return_attention=True,
+    )
+    scores = [h["score"] for h in result["nbest"]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    assert result["nbest"][0]["text"] == result["text"] and result["score"] == scores[0]
+    attention = result["attention"]
+    weights = attention["weights"]
+    assert len(weights) == len(attention["tgt_pieces"]) > 1
+    assert {len(row) for row in weights} == {len(attention["src_pieces"])}
+    assert all(abs(sum(row) - 1) < 1e-4 for row in weights)  # a distribution over the source
+    plain = _translate(client, [decoding_val_sources[3]], beam_size=4)[0]
+    assert set(plain) == {"text", "truncated"}  # nothing that was not asked for
+
+
+GOOD = b'{"text": ["Ein Mann."]}'
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (b"Ein Mann.", 400, "body: not valid JSON"),
+        (b'{"text": ["Ein \xff Mann."]}', 400, "body: not valid UTF-8 (byte 0xff at offset 15)"),
+        (b'["Ein Mann."]', 422, "body: must be a JSON object"),
+        (b"{}", 422, "text: required"),
+        (b'{"text": "Ein Mann."}', 422, "text: Input should be a valid list"),
+        (b'{"text": ["a", 3]}', 422, "text[1]: Input should be a valid string"),
+        (b'{"text": ["a"], "file": "/etc/passwd"}', 422, "file: unknown field"),
+        (b'{"text": []}', 422, "text: must hold at least one sentence"),
+        (b'{"text": ["a", "b", "c", "d", "e"]}', 422, "text: 5 sentences; this server takes at"),
+        (b'{"text": ["' + b"a" * 51 + b'"]}', 422, "text[0]: 51 characters; this server takes"),
+        (b'{"text": ["' + b"a" * 1990 + b'"]}', 413, "body: 2004 bytes; this server takes at"),
+        (b'{"text": ["a"], "beam_size": 0}', 422, "beam_size: must be from 1 to 6, got 0"),
+        (b'{"text": ["a"], "beam_size": 7}', 422, "beam_size: must be from 1 to 6, got 7"),
+        (b'{"text": ["a"], "beam_size": "5"}', 422, "beam_size: Input should be a valid integer"),
+        (b'{"text": ["a"], "beam_size": 2, "nbest": 3}', 422, "nbest: need 1 <= nbest <="),
+        (b'{"text": ["a"], "nbest": 0}', 422, "nbest: need 1 <= nbest"),
+        (b'{"text": ["a"], "return_scores": "yes"}', 422, "return_scores: Input should be a valid"),
+    ],
+)
+def test_bad_request(client, body, status, message):
+    response = client.post("/v1/translate", content=body)
+    assert (response.status_code, response.json()) == (status, {"error": response.json()["error"]})
+    assert response.json()["error"].startswith(message), response.json()
+    assert client.post("/v1/translate", content=GOOD).status_code == 200  # still serving
+
+
+def test_body_over_limit_without_content_length(client):
+    chunks = (b'{"text": ["' if i == 0 else b"a" * 500 for i in range(6))  # streamed: no length
+    response = client.post("/v1/translate", content=chunks)
+    assert response.status_code == 413
+    assert response.json() == {"error": "body: more than 2000 bytes, the most this server takes"}
+
+
+def test_other_paths_answer_json_errors(client):
+    assert client.get("/v1/translate").json() == {"error": "Method Not Allowed"}
+    assert client.get("/nothing").status_code == 404
+    assert client.get("/nothing").json() == {"error": "Not Found"}
+
+
+def test_models_health_page_schema(client):
+    models = client.get("/v1/models").json()
+    assert (models["source_language"], models["target_language"]) == ("de", "en")
+    [model] = models["models"]
+    assert model["parameters"] > 1000 and model["config"]["decoder_layers"] == 2
+    assert models["limits"]["max_lines"] == SMALL.max_lines
+    assert client.get("/health").json()["status"] == "ok"
+    page = client.get("/")
+    assert page.status_code == 200 and "<html" in page.text
+    assert client.get("/static/app.js").status_code == 200
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/v1/translate"]["post"]["requestBody"]
+    assert "beam_size" in body["content"]["application/json"]["schema"]["properties"]
+
+
+def test_requests_arriving_together_share_a_batch(translator, decoding_val_sources):
+    def burst(client, n=8, beams=(5,)):
+        answers = [None] * n
+
+        def one(i):
+            answers[i] = _translate(
+                client, [decoding_val_sources[i]], beam_size=beams[i % len(beams)]
+            )[0]["text"]
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return answers, client.get("/health").json()
+
+    with _client(translator, max_wait_ms=300) as client:
+        batched, health = burst(client)
+        assert health["requests_decoded"] == 8 and health["batches"] <= 2
+    with _client(translator, max_batch_tokens=1, max_wait_ms=0) as client:  # batching off
+        alone, health = burst(client)
+        assert health["requests_decoded"] == 8 and health["batches"] == 8
+    assert batched == alone
+    with _client(translator, max_wait_ms=300) as client:  # only equal options share a batch
+        _, health = burst(client, beams=(1, 5))
+        assert health["requests_decoded"] == 8 and 2 <= health["batches"] <= 4
+
+
+def test_full_queue_answers_503_with_retry_after(translator):
+    # The first request waits 1 s for company, holding the only place in the queue.
+    with _client(translator, max_wait_ms=1000, max_queue=1) as client:
+        first = {}
+        thread = threading.Thread(target=lambda: first.update(r=client.post(
+            "/v1/translate", json={"text": ["Ein Mann."]})))
+        thread.start()
+        deadline = time.monotonic() + 5
+        while client.get("/health").json()["queued"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        busy = client.post("/v1/translate", json={"text": ["Ein Hund."]})
+        thread.join()
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    assert busy.json()["error"].startswith("busy: 1 requests are waiting already")
+    assert first["r"].status_code == 200
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_0(decoding_checkpoint, decoding_val_sources):
+    # The request waits 1.5 s in the batcher, so SIGTERM surely comes while it is in flight.
+    with ServerProcess(["-m", str(decoding_checkpoint), "--threads", "1",
+                        "--max-wait-ms", "1500"]) as server:
+        answer = {}
+
+        def send():
+            answer["r"] = httpx.post(
+                f"{server.url}/v1/translate", json={"text": decoding_val_sources[:5]}, timeout=30
+            )
+
+        thread = threading.Thread(target=send)
+        thread.start()
+        deadline = time.monotonic() + 5
+        while httpx.get(f"{server.url}/health").json()["queued"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        server.proc.terminate()
+        thread.join()
+        assert server.proc.wait(30) == 0, "".join(server.log)
+        assert answer["r"].status_code == 200
+        assert len(answer["r"].json()["translations"]) == 5
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{server.url}/health")
+
+
+def test_bad_model_is_one_line_and_status_2(tmp_path):
+    missing = tmp_path / "missing.ckpt"
+    run = subprocess.run(
+        [sys.executable, "-m", "seq2seq.cli", "serve", "-m", str(missing)],
+        capture_output=True, text=True,
+    )
+    assert run.returncode == 2
+    assert run.stderr.startswith(f"translate serve: error: {missing}")
+    assert len(run.stderr.splitlines()) == 1
+
+
+def test_models_reports_the_model_cards_scores(decoding_checkpoint, decoding_pairs, tmp_path):
+    from seq2seq.commands.export import main as export
+
+    src, ref = tmp_path / "test.de", tmp_path / "test.en"
+    src.write_text("\n".join(decoding_pairs[0][:10]) + "\n", encoding="utf-8")
+    ref.write_text("\n".join(decoding_pairs[1][:10]) + "\n", encoding="utf-8")
+    folder = tmp_path / "model"
+    args = [str(decoding_checkpoint), "--output", str(folder), "--beam-size", "1"]
+    assert export([*args, "--eval-src", str(src), "--eval-ref", str(ref)]) == 0
+    translator = Translator.from_checkpoints([str(folder)])
+    [model] = describe_models(translator, [str(folder)])["models"]
+    scores = {s["metric"]: s for s in model["scores"]}
+    assert scores["bleu"]["dataset"] == "test" and scores["bleu"]["signature"].startswith("nrefs:1")
+    assert describe_models(translator, [str(decoding_checkpoint)])["models"][0]["scores"] == []
