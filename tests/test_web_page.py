@@ -1,0 +1,104 @@
+"""The page of `translate serve` in a real headless browser: Debian's chromium, via Selenium."""
+
+import shutil
+
+import httpx
+import pytest
+
+pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="needs selenium: pip install -e '.[dev]'"
+)
+
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from seq2seq.serve.process import ServerProcess  # noqa: E402
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="needs Debian's chromium and chromedriver: apt-get install chromium chromium-driver",
+)
+SENTENCE = "Ein Mann fährt mit dem Fahrrad durch die Stadt."
+
+
+def headless_chromium(width=1100, height=900) -> "webdriver.Chrome":
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 f"--window-size={width},{height}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.fixture(scope="module")
+def server(decoding_checkpoint):
+    with ServerProcess(["-m", str(decoding_checkpoint), "--threads", "1"]) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = headless_chromium()
+    yield driver
+    driver.quit()
+
+
+def test_translate_in_the_page(server, browser):
+    expected = httpx.post(
+        f"{server.url}/v1/translate",
+        json={"text": [SENTENCE], "nbest": 3, "return_attention": True},
+    ).json()["translations"][0]
+    wait = WebDriverWait(browser, 30)
+    browser.get(server.url + "/")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "languages"), "de → en"))
+    browser.find_element(By.ID, "source").send_keys(SENTENCE)
+    nbest = browser.find_element(By.ID, "nbest")
+    nbest.clear()
+    nbest.send_keys("3")
+    browser.find_element(By.ID, "scores").click()
+    browser.find_element(By.ID, "translate").click()
+    shown = wait.until(
+        ec.visibility_of_element_located((By.CSS_SELECTOR, "#translations li"))
+    ).text
+    assert shown == expected["text"] != ""
+
+    rows = browser.find_elements(By.CSS_SELECTOR, "#nbest-list tbody tr")
+    assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows] == [
+        h["text"] for h in expected["nbest"]
+    ]
+    assert all(float(r.find_element(By.TAG_NAME, "td").text) < 0 for r in rows)  # log-probs
+
+    attention = expected["attention"]
+    src, tgt = attention["src_pieces"], attention["tgt_pieces"]
+    cells = browser.find_elements(By.CSS_SELECTOR, "#heatmap .cell")
+    assert len(cells) == len(tgt) * len(src) > 1
+    assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#heatmap .col")] == [
+        p.strip() for p in src
+    ]
+    # The cell of target piece 0 and source piece 1 names both and their weight.
+    ActionChains(browser).move_to_element(cells[1]).perform()
+    info = browser.find_element(By.ID, "cell-info").text
+    assert f'"{src[1]}"' in info and f'"{tgt[0]}"' in info
+    assert f"{attention['weights'][0][1]:.3f}" in info
+
+
+def test_a_bad_request_shows_the_servers_message(server, browser):
+    browser.get(server.url + "/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "languages"), "de → en"))
+    browser.find_element(By.ID, "source").send_keys("Ein Hund.")
+    beam = browser.find_element(By.ID, "beam")
+    beam.clear()
+    beam.send_keys("2")
+    nbest = browser.find_element(By.ID, "nbest")
+    nbest.clear()
+    nbest.send_keys("3")
+    browser.find_element(By.ID, "translate").click()
+    error = wait.until(ec.visibility_of_element_located((By.ID, "error")))
+    assert error.text.startswith("nbest: need 1 <= nbest <= beam_size")
