@@ -52,7 +52,7 @@ def _scores_section(scores: dict | None, test_name: str, decoding: str) -> str:
     ]
     return "\n".join(
         [
-            f"{test_name}, {scores['sentences']} sentences, {decoding}; sacreBLEU on "
+            f"{test_name}, {scores['sentences']:,} sentences, {decoding}; sacreBLEU on "
             "detokenized, cased text against the raw references:",
             "",
             "| metric | score | sacreBLEU signature |",
@@ -94,6 +94,32 @@ def _training_section(training_config: dict | None, checkpoints: list[str]) -> s
     )
 
 
+def _architecture_table(config: dict, parameters: int) -> str:
+    model = config["model_config"]
+    tables = {
+        (True, True): ", one table for source, target and output layer",
+        (True, False): ", one table for source and target",
+        (False, True): ", the target table is also the output layer",
+        (False, False): "",
+    }[model["share_embeddings"], model["tie_output_embedding"]]
+    vocabulary = (
+        f"one joint model of {config['src_vocab_size']:,} pieces"
+        if config["joint_vocabulary"]
+        else f"{config['src_vocab_size']:,} source and {config['tgt_vocab_size']:,} target pieces"
+    )
+    rows = [
+        ("cell", f"`{model['cell']}`"),
+        ("encoder", f"bidirectional, {model['encoder_layers']} layer(s) of "
+                    f"2×{model['encoder_hidden_size']}"),
+        ("decoder", f"{model['decoder_layers']} layer(s) of {model['decoder_hidden_size']}"),
+        ("attention", f"additive (Bahdanau), {model['attention_size']}"),
+        ("embeddings", f"{model['embedding_size']}{tables}"),
+        ("SentencePiece", vocabulary),
+        ("parameters", f"{parameters:,}, float32"),
+    ]
+    return "\n".join(["| part | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+
+
 def render(
     config: dict,
     parameters: int,
@@ -108,7 +134,6 @@ def render(
     `test_name` with the search that `decoding` describes.
     """
     src, tgt = config["src_lang"], config["tgt_lang"]
-    model = config["model_config"]
     data_name = _data_name(config["training_config"])
     multi30k = data_name is not None and "multi30k" in data_name.lower()
     eval_results = [
@@ -125,7 +150,8 @@ def render(
         for key, label in METRICS.items()
         if scores is not None
     ]
-    name = f"seq2seq-lstm-{src}-{tgt}"
+    cell = config["model_config"]["cell"]
+    name = f"seq2seq-{cell}-{src}-{tgt}"
     card_data = ModelCardData(
         language=[src, tgt],
         license="other",
@@ -133,7 +159,7 @@ def render(
         license_link=MULTI30K_TERMS_URL if multi30k else None,
         datasets=[MULTI30K_HUB_ID if multi30k else data_name] if data_name else None,
         metrics=list(METRICS),
-        tags=["translation", "seq2seq", "lstm", "bahdanau-attention", "sentencepiece"],
+        tags=["translation", "seq2seq", cell, "bahdanau-attention", "sentencepiece"],
         pipeline_tag="translation",
         library_name="seq2seq-nmt",
         model_name=name,
@@ -142,14 +168,10 @@ def render(
     body = f"""
 # {name}: {src} → {tgt} translation
 
-An LSTM encoder-decoder with Bahdanau (additive) attention, trained with
-seq2seq (the `seq2seq-nmt` package: PyTorch, Lightning, SentencePiece): a bidirectional encoder of
-{model["encoder_layers"]} layer(s) × 2×{model["encoder_hidden_size"]}, a decoder of
-{model["decoder_layers"]} layer(s) × {model["decoder_hidden_size"]}, attention
-{model["attention_size"]}, embeddings {model["embedding_size"]}; SentencePiece vocabulary of
-{config["src_vocab_size"]} source and {config["tgt_vocab_size"]} target pieces
-({"one joint model" if config["joint_vocabulary"] else "two models"}); {parameters:,}
-parameters, float32.
+A recurrent encoder-decoder with Bahdanau (additive) attention, trained with seq2seq (the
+`seq2seq-nmt` package: PyTorch, Lightning, SentencePiece).
+
+{_architecture_table(config, parameters)}
 
 ## Use
 
