@@ -4,6 +4,8 @@
     translate -m model.ckpt -i test.de.gz -o test.en --beam-size 5
     translate -m model.ckpt            # type a sentence, get its translation
     translate -m a.ckpt -m b.ckpt < input.de > output.en   # an ensemble of two models
+    translate -m models/de-en < input.de    # a model folder (scripts/export.py)
+    translate -m ORG/NAME < input.de        # a hub repo, downloaded once into the HF cache
 
 From a pipe or a terminal, lines are translated as they arrive (whatever a read returns is one
 group), so the command works interactively and inside other programs' pipelines. A file (-i, or
@@ -63,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         required=True,
         metavar="CKPT",
-        help="checkpoint written by training or by checkpoint.save_model; repeat it to "
+        help="checkpoint, model folder (scripts/export.py) or hub id (ORG/NAME); repeat it to "
         "decode with an ensemble (the models must share their SentencePiece models)",
     )
     parser.add_argument("-i", "--input", type=Path, help="input file (plain or .gz); default stdin")
