@@ -40,7 +40,7 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
 HUB_FILES = [CONFIG_FILE, WEIGHTS_FILE, "spm*.model", CARD_FILE]  # what a download fetches
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")  # a name ending so is a file, never a hub id
-# Keys the folder adds to the checkpoint's payload, and their JSON types.
+# The keys of config.json read here, and their JSON types; checkpoint.py checks the rest.
 _FOLDER_KEYS = {"joint_vocabulary": bool, "src_lang": str, "tgt_lang": str}
 # safetensors' dtype names of the tensors a model can hold.
 _DTYPES = {
@@ -83,8 +83,10 @@ def _aliases(model: Seq2Seq) -> dict[str, str]:
     first: dict[int, str] = {}
     aliases = {}
     for key, tensor in model.state_dict(keep_vars=True).items():
-        aliases.update({key: first[id(tensor)]} if id(tensor) in first else {})
-        first.setdefault(id(tensor), key)
+        if id(tensor) in first:
+            aliases[key] = first[id(tensor)]
+        else:
+            first[id(tensor)] = key
     return aliases
 
 
