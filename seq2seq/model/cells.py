@@ -57,7 +57,6 @@ class Cell(nn.Module):
             bias.view(cls.num_gates, -1)[cls.keep_gate] += cls.keep_sign * value
 
 
-
 class LSTM(Cell):
     """Hochreiter & Schmidhuber 1997, with the forget gate of Gers et al. 2000."""
 
@@ -133,8 +132,8 @@ class GRU(Cell):
         h_r, h_z, h_n = h_gates.chunk(3, dim=1)  # each (B, H)
         reset_gate = torch.sigmoid(x_r + h_r)
         update_gate = torch.sigmoid(x_z + h_z)
-        candidate = torch.tanh(x_n + reset_gate * (h_n + self.bias_hn))
-        hidden = (1.0 - update_gate) * candidate + update_gate * hidden
+        hidden_candidate = torch.tanh(x_n + reset_gate * (h_n + self.bias_hn))
+        hidden = (1.0 - update_gate) * hidden_candidate + update_gate * hidden
         return (hidden,)
 
 
