@@ -49,6 +49,19 @@ class Cell(nn.Module):
         """h (B, H) -> the state that starts from it (cell state, where there is one, zero)."""
         return h, torch.zeros_like(h)
 
+    def gate_weight(self, input_size: int) -> nn.Parameter:
+        """A layer's W_x or W_h for this cell: (G*H, input_size)."""
+        return uniform_parameter(self.hidden_size, self.num_gates * self.hidden_size, input_size)
+
+    def gate_bias(self, forget_bias: float) -> nn.Parameter | None:
+        """A layer's b for this cell (G*H,), forget_bias added; None where the cell holds its
+        own (input_bias False)."""
+        if not self.input_bias:
+            return None
+        bias = uniform_parameter(self.hidden_size, self.num_gates * self.hidden_size)
+        self.add_forget_bias(bias, forget_bias)
+        return bias
+
     @classmethod
     def add_forget_bias(cls, bias: torch.Tensor, value: float) -> None:
         """Add `value` to the initial bias b (G*H,) of the gate that keeps the old state
@@ -205,25 +218,15 @@ class CellLayer(nn.Module):
     ):
         super().__init__()
         self.cell = make_cell(cell, hidden_size, forget_bias)
-        gates = self.cell.num_gates * hidden_size
-        self.weight_ih = uniform_parameter(hidden_size, gates, input_size)
-        self.weight_hh = uniform_parameter(hidden_size, gates, hidden_size)
-        self.bias = uniform_parameter(hidden_size, gates) if self.cell.input_bias else None
-        if self.bias is not None:
-            self.cell.add_forget_bias(self.bias, forget_bias)
+        self.weight_ih = self.cell.gate_weight(input_size)
+        self.weight_hh = self.cell.gate_weight(hidden_size)
+        self.bias = self.cell.gate_bias(forget_bias)
         self.hidden_size = hidden_size
         self.recurrent_dropout = recurrent_dropout
 
     def input_gates(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., I) -> W_x x + b (..., G*H): one matrix product for every step at once."""
         return nn.functional.linear(x, self.weight_ih, self.bias)
-
-    def dropout_mask(self, batch: int, like: torch.Tensor) -> torch.Tensor | None:
-        """This layer's recurrent dropout mask for a batch of sequences (see
-        `recurrent_dropout_mask`); made once per sequence, passed to every `step`."""
-        return recurrent_dropout_mask(
-            batch, self.hidden_size, self.recurrent_dropout, self.training, like
-        )
 
     def step(
         self, x_gates: torch.Tensor, state: State, h_mask: torch.Tensor | None
@@ -245,7 +248,9 @@ class CellLayer(nn.Module):
         batch = x.size(0)
         x_gates = self.input_gates(x)  # (B, T, G*H)
         state = self.cell.init_state(x.new_zeros(batch, self.hidden_size))
-        h_mask = self.dropout_mask(batch, x)
+        h_mask = recurrent_dropout_mask(
+            batch, self.hidden_size, self.recurrent_dropout, self.training, x
+        )
         # unbind, not x_gates[:, t]: indexing would make backward sum T full-size gradients.
         steps = list(zip(x_gates.unbind(1), mask.unsqueeze(2).unbind(1), strict=True))
         outputs = []

@@ -21,7 +21,6 @@ from seq2seq.model.cells import (
     State,
     make_cell,
     recurrent_dropout_mask,
-    uniform_parameter,
 )
 
 
@@ -65,13 +64,10 @@ class DecoderLSTM(nn.Module):
 
         # First layer: W_x split in two (see module docstring), W_h, b, and the cell's equations.
         self.cell = make_cell(cell, hidden_size, forget_bias)
-        gates = self.cell.num_gates * hidden_size
-        self.weight_emb = uniform_parameter(hidden_size, gates, emb_size)
-        self.weight_ctx = uniform_parameter(hidden_size, gates, encoder_size)
-        self.weight_hh = uniform_parameter(hidden_size, gates, hidden_size)
-        self.bias = uniform_parameter(hidden_size, gates) if self.cell.input_bias else None
-        if self.bias is not None:
-            self.cell.add_forget_bias(self.bias, forget_bias)
+        self.weight_emb = self.cell.gate_weight(emb_size)
+        self.weight_ctx = self.cell.gate_weight(encoder_size)
+        self.weight_hh = self.cell.gate_weight(hidden_size)
+        self.bias = self.cell.gate_bias(forget_bias)
         self.recurrent_dropout = recurrent_dropout
         # The plain LSTM without recurrent dropout keeps PyTorch's cell (and its parameter names).
         self.upper_layers = nn.ModuleList(
