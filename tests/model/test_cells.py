@@ -1,6 +1,9 @@
 """The recurrent cells of seq2seq/model/cells.py against PyTorch's own, their gradients, and
 their padding contract."""
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -178,3 +181,12 @@ def test_every_cell_trains_with_recurrent_dropout_and_forget_bias(cell):
     logits.sum().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_docs_lstm_md_links_the_lines_that_compute_each_equation():
+    root = Path(__file__).resolve().parents[2]
+    source = (root / "seq2seq" / "model" / "cells.py").read_text().splitlines()
+    links = re.findall(r"`([^`]+)` \(\[cells\.py:(\d+)\]", (root / "docs" / "lstm.md").read_text())
+    assert len(links) > 20
+    for code, line in links:
+        assert source[int(line) - 1].strip().startswith(code), f"cells.py:{line} is not {code!r}"
