@@ -92,11 +92,6 @@ def save_model(
 _BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
 
-def first_line(error: BaseException) -> str:
-    """An exception's first line: what a one-line error message can quote of it."""
-    return (str(error).strip().splitlines() or [""])[0]
-
-
 def _reason(error: BaseException, limit: int = 160) -> str:
     """The informative first sentence of an exception, prefixed with its type."""
     lines = [line.strip() for line in str(error).splitlines()]

@@ -28,8 +28,18 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from seq2seq.checkpoint import CheckpointError
+from seq2seq.data.corpus import LINE_END, split_lines
 from seq2seq.ensemble import COMBINE
-from seq2seq.translator import TranslationResult, Translator, empty_result
+from seq2seq.errors import first_line
+from seq2seq.search import MAX_LEN_A, MAX_LEN_B, check_nbest
+from seq2seq.translator import (
+    BATCH_SIZE,
+    BEAM_SIZE,
+    MAX_SRC_LEN,
+    TranslationResult,
+    Translator,
+    empty_result,
+)
 
 READ_SIZE = 1 << 16  # bytes per read from a pipe; a terminal returns one line per read
 FILE_CHUNK_BATCHES = 16  # batches per chunk of a file: length-sorting needs many sentences
@@ -53,24 +63,68 @@ class _OneLineErrors(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def add_decoding_options(parser: argparse.ArgumentParser, model_option: str) -> None:
+    """The options every decoding command shares (`translate`, `seq2seq-decode`), with the
+    defaults of `Translator.translate`."""
+    parser.add_argument(
+        *model_option.split(","),
+        dest="model",
+        action="append",
+        required=True,
+        metavar="MODEL",
+        help="checkpoint, model folder (scripts/export.py) or hub id (ORG/NAME); repeat it to "
+        "decode with an ensemble (the models must share their SentencePiece models)",
+    )
+    parser.add_argument("--beam-size", type=_positive_int, default=BEAM_SIZE, help="1 = greedy")
+    parser.add_argument("--length-penalty", type=float, default=1.0, help="GNMT alpha")
+    parser.add_argument(
+        "--max-len-a", type=float, default=MAX_LEN_A, help="max output: a*src_len+b"
+    )
+    parser.add_argument("--max-len-b", type=float, default=MAX_LEN_B, help="see --max-len-a")
+    parser.add_argument(
+        "--max-src-len",
+        type=_positive_int,
+        default=MAX_SRC_LEN,
+        help="longer inputs are cut to this many pieces (with a warning)",
+    )
+    parser.add_argument("--batch-size", type=_positive_int, default=BATCH_SIZE, help="sentences")
+    parser.add_argument(
+        "--ensemble-combine",
+        choices=COMBINE,
+        default=COMBINE[0],
+        help="with several models: average log-probabilities (default) or probabilities",
+    )
+    parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:1")
+
+
+def search_options(args: argparse.Namespace) -> dict:
+    """The `Translator.translate` arguments that `add_decoding_options` parsed."""
+    names = ("beam_size", "length_penalty", "max_len_a", "max_len_b", "batch_size", "max_src_len")
+    return {name: getattr(args, name) for name in names}
+
+
+def load_translator(args: argparse.Namespace) -> Translator:
+    """The parsed models on the parsed device. Raises CheckpointError, or ValueError naming the
+    device: one line either way."""
+    try:
+        return Translator.from_checkpoints(
+            args.model, device=args.device, combine=args.ensemble_combine
+        )
+    except CheckpointError:
+        raise
+    except (RuntimeError, AssertionError, ValueError) as e:  # what torch raises for devices
+        raise ValueError(f"cannot use device {args.device!r}: {first_line(e)}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrors(
         prog="translate",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "-m",
-        "--model",
-        action="append",
-        required=True,
-        metavar="CKPT",
-        help="checkpoint, model folder (scripts/export.py) or hub id (ORG/NAME); repeat it to "
-        "decode with an ensemble (the models must share their SentencePiece models)",
-    )
+    add_decoding_options(parser, "-m,--model")
     parser.add_argument("-i", "--input", type=Path, help="input file (plain or .gz); default stdin")
     parser.add_argument("-o", "--output", type=Path, help="output file; default stdout")
-    parser.add_argument("--beam-size", type=_positive_int, default=5, help="1 = greedy")
     parser.add_argument("--nbest", type=_positive_int, default=1, help="lines per input line")
     parser.add_argument(
         "--nbest-format",
@@ -79,23 +133,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="tsv: input_index<TAB>score<TAB>text, index counted from 0",
     )
     parser.add_argument("--scores", action="store_true", help="prefix each line with score<TAB>")
-    parser.add_argument("--length-penalty", type=float, default=1.0, help="GNMT alpha")
-    parser.add_argument("--max-len-a", type=float, default=1.5, help="max output: a*src_len+b")
-    parser.add_argument("--max-len-b", type=float, default=10, help="see --max-len-a")
-    parser.add_argument(
-        "--max-src-len",
-        type=_positive_int,
-        default=250,
-        help="longer inputs are cut to this many pieces (with a warning)",
-    )
-    parser.add_argument("--batch-size", type=_positive_int, default=64, help="sentences")
-    parser.add_argument(
-        "--ensemble-combine",
-        choices=COMBINE,
-        default="log_prob",
-        help="with several -m: average log-probabilities (default) or probabilities",
-    )
-    parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:1")
     parser.add_argument(
         "--plot-attention",
         type=Path,
@@ -120,28 +157,24 @@ def output_text(result: TranslationResult) -> str:
     return " ".join(result.text.splitlines())
 
 
-def _file_lines(data: bytes) -> list[bytes]:
-    lines = data.split(b"\n")
-    if lines[-1] == b"":  # the last newline ends the last line rather than starting one
-        lines.pop()
-    return lines
-
-
 def _stream_groups(fd: int) -> Iterator[list[bytes]]:
-    """Complete lines as they arrive, grouped by what one read returned."""
+    """Complete lines as they arrive, grouped by what one read returned; lines end as in
+    `split_lines`. A read that ends in "\\r" keeps it back: a "\\n" may follow."""
     pending = b""
     while chunk := os.read(fd, READ_SIZE):
-        *lines, pending = (pending + chunk).split(b"\n")
+        data = pending + chunk
+        held = b"\r" if data.endswith(b"\r") else b""
+        *lines, pending = LINE_END.split(data[: len(data) - len(held)])
+        pending += held
         if lines:
             yield lines
     if pending:
-        yield [pending]
+        yield split_lines(pending)
 
 
 def _decode(raw: bytes, lineno: int) -> str:
     if lineno == 1:
         raw = raw.removeprefix(codecs.BOM_UTF8)
-    raw = raw.removesuffix(b"\r")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -157,15 +190,7 @@ class LineTranslator:
         self.args = args
         self.out = out
         self.failed = 0
-        self.options = dict(
-            beam_size=args.beam_size,
-            nbest=args.nbest,
-            length_penalty=args.length_penalty,
-            max_len_a=args.max_len_a,
-            max_len_b=args.max_len_b,
-            batch_size=args.batch_size,
-            max_src_len=args.max_src_len,
-        )
+        self.options = {**search_options(args), "nbest": args.nbest}
 
     def __call__(self, lines: list[bytes], first_lineno: int) -> None:
         """Translate, write and flush lines numbered first_lineno, first_lineno + 1, ..."""
@@ -194,8 +219,10 @@ class LineTranslator:
             return self.translator.translate([text], **self.options)[0]
         except Exception as e:
             self.failed += 1
-            reason = (str(e).splitlines() or [""])[0]
-            _warn(f"line {lineno}: translation failed ({type(e).__name__}: {reason}); empty line")
+            _warn(
+                f"line {lineno}: translation failed ({type(e).__name__}: {first_line(e)}); "
+                "empty line"
+            )
             return [empty_result()]
 
     def _plot(self, lineno: int, result: TranslationResult) -> None:
@@ -228,9 +255,9 @@ def _run(args: argparse.Namespace, translator: Translator, out: BinaryIO) -> int
         if args.input:
             opener = gzip.open if args.input.suffix == ".gz" else open
             with opener(args.input, "rb") as f:
-                lines = _file_lines(f.read())
+                lines = split_lines(f.read())
         else:
-            lines = _file_lines(sys.stdin.buffer.read())
+            lines = split_lines(sys.stdin.buffer.read())
         chunk = args.batch_size * FILE_CHUNK_BATCHES
         with tqdm(total=len(lines), unit="line", file=sys.stderr, disable=None) as progress:
             for start in range(0, len(lines), chunk):
@@ -255,18 +282,16 @@ def main(argv: list[str] | None = None) -> int:
         return serve(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.nbest > args.beam_size:
-        parser.error(f"--nbest {args.nbest} needs --beam-size of at least {args.nbest}")
+    try:
+        check_nbest(args.beam_size, args.nbest)
+    except ValueError as e:
+        parser.error(f"--nbest: {e}")
     if args.input and not args.input.is_file():
         return _fail(f"{args.input}: no such input file")
     try:
-        translator = Translator.from_checkpoints(
-            args.model, device=args.device, combine=args.ensemble_combine
-        )
-    except CheckpointError as e:
+        translator = load_translator(args)
+    except ValueError as e:  # CheckpointError included
         return _fail(str(e))
-    except (RuntimeError, AssertionError, ValueError) as e:  # what torch raises for devices
-        return _fail(f"cannot use device {args.device!r}: {(str(e).splitlines() or [''])[0]}")
     if args.plot_attention:
         args.plot_attention.mkdir(parents=True, exist_ok=True)
     try:

@@ -1,13 +1,13 @@
 """scripts/average_checkpoints.py: means of weights, the checks before, and --last N --dir."""
 
 import copy
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
 from seq2seq.checkpoint import CheckpointError, load_model, save_model
+from seq2seq.commands import average
 from seq2seq.model import ModelConfig, Seq2Seq
 from seq2seq.translator import Translator
 
@@ -18,11 +18,7 @@ pytestmark = pytest.mark.usefixtures("decoding_one_thread")
 
 @pytest.fixture(scope="module")
 def script():
-    path = ROOT / "scripts" / "average_checkpoints.py"
-    spec = importlib.util.spec_from_file_location("average_checkpoints", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return average
 
 
 def _nudged(model: Seq2Seq, seed: int) -> Seq2Seq:

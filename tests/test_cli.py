@@ -11,6 +11,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,45 @@ def test_decode_script_json(tmp_path, decoding_checkpoint):
     assert result["sentences"] == 40 == len(hypotheses.read_text().splitlines())
     assert result["signature"]["bleu"].startswith("nrefs:1|")
     assert any(line.startswith("BLEU") for line in report)
+
+
+def test_translate_and_decode_end_lines_alike(tmp_path, decoding_checkpoint, capsys):
+    """One file with every kind of line end, a lone "\\r" included (old Mac files): translate
+    and seq2seq-decode see the same lines, so their outputs pair up line by line."""
+    from seq2seq.commands import decode
+
+    source = tmp_path / "mixed.de"
+    source.write_bytes(b"Ein Hund.\rZwei Katzen.\r\nEin Mann.\nEine Frau.\r")
+    reference = tmp_path / "mixed.en"
+    reference.write_bytes(b"A dog.\nTwo cats.\nA man.\nA woman.\n")
+    translated = tmp_path / "translate.en"
+    model = ["-m", str(decoding_checkpoint), "--beam-size", "2"]
+    assert cli.main([*model, "-i", str(source), "-o", str(translated)]) == 0
+    decoded = tmp_path / "decode.en"
+    files = ["--src", str(source), "--ref", str(reference), "--output", str(decoded)]
+    assert decode.main([*model, *files, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["sentences"] == 4
+    assert _lines(translated.read_bytes()) == _lines(decoded.read_bytes())
+    assert len(_lines(decoded.read_bytes())) == 4
+    # ... and through a pipe, where a read may end between "\r" and "\n".
+    run = _translate(*model, stdin=source.read_bytes())
+    assert _lines(run.stdout) == _lines(translated.read_bytes())
+
+
+def test_a_read_that_ends_in_cr_waits_for_a_possible_lf():
+    """A pipe read may end between the "\r" and the "\n" of one line end: it must stay one
+    line end, not become two."""
+    read_end, write_end = os.pipe()
+
+    def writer():
+        os.write(write_end, b"one\r")
+        time.sleep(0.3)  # the reader has returned from its first read by now
+        os.write(write_end, b"\ntwo\rthree")
+        os.close(write_end)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    lines = [line for group in cli._stream_groups(read_end) for line in group]
+    thread.join()
+    os.close(read_end)
+    assert lines == [b"one", b"two", b"three"]

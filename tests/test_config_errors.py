@@ -6,7 +6,6 @@ process spends seconds of CPU importing torch and Lightning. Every case must fai
 corpus is read.
 """
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 import yaml
 
 from seq2seq import cli
+from seq2seq.commands import train as train_command
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "scripts" / "train.py"
@@ -34,6 +34,10 @@ CASES = {
     "learning rate 0": (["--model.lr", "0"], "model.lr"),
     "vocabulary 0": (["--data.vocab_size", "0"], "data.vocab_size"),
     "max_tokens below max_len": (["--data.max_tokens", "20"], "data.max_tokens"),
+    "shared embeddings, two vocabularies": (
+        {"data": {"joint_vocab": False}}, "model.share_embeddings"
+    ),
+    "no last.ckpt to resume": (["--ckpt_path", "last"], "no last.ckpt below"),
     "callback argument": (
         {"trainer": {"callbacks": [{"class_path": "seq2seq.callbacks.LastCheckpoint",
                                     "init_args": {"every_n_steps": 0}}]}},
@@ -62,10 +66,7 @@ def _assert_one_line_naming(stderr: str, key: str) -> None:
 
 @pytest.fixture(scope="module")
 def train():
-    spec = importlib.util.spec_from_file_location("train_script", TRAIN_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return train_command
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -96,6 +97,21 @@ def test_a_good_config_still_parses(tmp_path, train, capsys, monkeypatch):
         train.main([*_arguments(tmp_path, "hidden size 0")[:2], "--print_config"])
     assert exit_.value.code == 0
     assert yaml.safe_load(capsys.readouterr().out)["model"]["decoder_hidden_size"] == 32
+
+
+@pytest.mark.parametrize("form", ["-c", "--config", "--config="])
+def test_every_form_of_config_replaces_the_default(tmp_path, train, capsys, monkeypatch, form):
+    """Given a config in any form, the default config is not read as well: tiny.yaml has no
+    warm-up and trains 30 steps, where the default config warms up for 200 and runs epochs."""
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    tiny = str(ROOT / "configs" / "tiny.yaml")
+    given = [form + tiny] if form.endswith("=") else [form, tiny]
+    with pytest.raises(SystemExit) as exit_:
+        train.main([*given, "--print_config"])
+    assert exit_.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["warmup_steps"] == 0 and printed["trainer"]["max_steps"] == 30
+    assert printed["trainer"]["max_epochs"] is None
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,5 @@
 """Ensembles: the averaged-probability model, its loading, and the CLI with several -m."""
 
-import importlib.util
 import json
 import math
 import os
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 from seq2seq.checkpoint import CheckpointError, save_model
+from seq2seq.commands import decode
 from seq2seq.data.batching import source_tensors
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.ensemble import Ensemble, load_ensemble
@@ -188,9 +188,6 @@ def test_cli_with_two_models(decoding_checkpoint, other_checkpoint):
 def test_decode_script_with_two_checkpoints(
     tmp_path, decoding_checkpoint, other_checkpoint, decoding_pairs, capsys
 ):
-    spec = importlib.util.spec_from_file_location("decode", ROOT / "scripts" / "decode.py")
-    decode = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(decode)
     for side, lines in zip(("de", "en"), decoding_pairs, strict=True):
         (tmp_path / f"test.{side}").write_text("".join(x + "\n" for x in lines[:10]))
     models = ["--checkpoint", str(decoding_checkpoint), "--checkpoint", str(other_checkpoint)]

@@ -5,7 +5,6 @@ NaN for a few batches, so those batches' losses are NaN while the weights stay u
 the run must skip them, and stop cleanly once too many come in a row.
 """
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from seq2seq.commands import train
 from seq2seq.translator import Translator
 
 pytestmark = pytest.mark.usefixtures("decoding_one_thread")
@@ -54,13 +54,13 @@ def _own_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["train.py"])  # pytest's own arguments are not ours
 
 
-def _train(tmp_path: Path, bad_batches: int, max_steps: int) -> Path:
+def _train(tmp_path: Path, bad_batches: int, max_steps: int, accumulate: int = 1) -> Path:
     """Run scripts/train.py in this process; -> the run folder."""
     config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     run_dir = tmp_path / "run"
     config["trainer"].update(
         default_root_dir=str(run_dir), max_steps=max_steps, limit_val_batches=0,
-        enable_progress_bar=False, logger=False,
+        enable_progress_bar=False, logger=False, accumulate_grad_batches=accumulate,
         callbacks=[
             {"class_path": "seq2seq.callbacks.LastCheckpoint",
              "init_args": {"every_n_steps": 1000}},
@@ -71,9 +71,6 @@ def _train(tmp_path: Path, bad_batches: int, max_steps: int) -> Path:
     config["model"]["max_bad_steps"] = MAX_BAD_STEPS
     path = tmp_path / "nan.yaml"
     path.write_text(yaml.safe_dump(config))
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "scripts" / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
     train.main(["--config", str(path)])
     return run_dir
 
@@ -123,3 +120,28 @@ def test_too_many_bad_batches_stop_cleanly_with_the_last_good_weights(tmp_path, 
     # Lightning counts a skipped batch as a step (as it does fp16 loss scaling's skips); the
     # batch that stops the run is not counted.
     assert checkpoint["global_step"] == FIRST_BAD + MAX_BAD_STEPS - 1
+
+
+def test_a_bad_accumulation_window_changes_no_weight(tmp_path):
+    """Accumulating 2 batches per update, with both batches of the second window bad: its
+    update is skipped whole, so the weights after it are those from before it, and training
+    goes on from there."""
+    assert FIRST_BAD % 2 == 0  # the fault fills one whole window
+    with pytest.warns(UserWarning, match="non-finite loss"):
+        run_dir = _train(tmp_path, bad_batches=2, max_steps=2, accumulate=2)
+    checkpoint = _last(run_dir)
+    assert checkpoint["global_step"] == 2
+    weights = _weights(checkpoint)
+    before = weights_at_fault[str(run_dir)]
+    assert all(torch.equal(weights[k], before[k]) for k in before)
+
+
+def test_a_bad_batch_inside_a_window_keeps_the_weights_finite(tmp_path):
+    with pytest.warns(UserWarning, match="non-finite loss"):
+        run_dir = _train(tmp_path, bad_batches=1, max_steps=4, accumulate=2)
+    checkpoint = _last(run_dir)
+    assert checkpoint["global_step"] == 4
+    weights = _weights(checkpoint)
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    before = weights_at_fault[str(run_dir)]
+    assert any(not torch.equal(weights[k], before[k]) for k in before), "training stopped"

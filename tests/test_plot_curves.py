@@ -1,6 +1,5 @@
 """scripts/plot_curves.py on a real tiny training run, and on a resumed run's event files."""
 
-import importlib.util
 import time
 from pathlib import Path
 
@@ -9,19 +8,15 @@ import torch
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
+from seq2seq.commands import plot_curves as plot_curves_command
+from seq2seq.commands import train
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def plot_curves():
-    return _script("plot_curves")
+    return plot_curves_command
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +32,7 @@ def tiny_run(tmp_path_factory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model gains nothing from a second busy thread
     try:
-        _script("train").main([
+        train.main([
             "--config", str(run_dir / "tiny.yaml"),
             "--trainer.default_root_dir", str(run_dir),
             "--trainer.max_steps", "10",

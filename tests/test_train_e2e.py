@@ -1,19 +1,13 @@
 """End to end: scripts/train.py trains configs/tiny.yaml for real on the bundled Multi30k."""
 
-import importlib.util
 from pathlib import Path
 
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from seq2seq.commands import train
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_train_script():
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "scripts" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def scalars(run_dir: Path) -> dict[str, list[float]]:
@@ -23,8 +17,7 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def test_tiny_config_trains_checkpoints_and_logs_bleu(tmp_path):
-    train = load_train_script()
+def test_tiny_config_trains_checkpoints_and_logs_bleu(tmp_path, capsys):
     train.main([
         "--config", str(ROOT / "configs" / "tiny.yaml"),
         "--trainer.default_root_dir", str(tmp_path),
@@ -44,5 +37,12 @@ def test_tiny_config_trains_checkpoints_and_logs_bleu(tmp_path):
     assert checkpoint["global_step"] == 30
     payload = checkpoint["seq2seq"]
     assert payload["src_lang"] == "de" and payload["tgt_lang"] == "en"
-    assert payload["model_config"]["src_vocab_size"] <= 500
+    assert payload["src_vocab_size"] <= 500
     assert list(tmp_path.glob("**/spm.src.model"))
+
+    # What a user needs next, printed when training stops.
+    err = capsys.readouterr().err
+    (best,) = last.parent.glob("best-*.ckpt")
+    assert f"best checkpoint  {best} (val/bleu " in err
+    assert f"last checkpoint  {last}" in err
+    assert f"translate -m {best}" in err and f"tensorboard --logdir {tmp_path}" in err

@@ -16,7 +16,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from seq2seq.data.datamodule import TranslationDataModule
-from seq2seq.training import TranslationModule
+from seq2seq.training import TrainingConfig, TranslationModule
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(ROOT / "scripts" / "train.py")]
@@ -115,7 +115,7 @@ def test_ddp_two_cpu_processes_train_and_validate_like_one(tmp_path):
     single_dir = tmp_path / "single"
     trainer = L.Trainer(accelerator="cpu", devices=1, default_root_dir=single_dir,
                         enable_progress_bar=False, enable_model_summary=False)
-    module = TranslationModule(**settings["model"])
+    module = TranslationModule(TrainingConfig(**settings["model"]))
     metrics = trainer.validate(module, TranslationDataModule(**settings["data"]),
                                ckpt_path=str(last), verbose=False)[0]
     (single_hyps,) = single_dir.glob("**/hyps/val_step*.txt")
@@ -141,3 +141,20 @@ def test_bf16_mixed_precision_and_gradient_accumulation_train_on_cpu(tmp_path):
     checkpoint = torch.load(last, weights_only=True)
     assert checkpoint["global_step"] == 12  # 24 batches, 2 per optimizer step
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
+
+
+def test_resume_keeps_the_checkpoints_sentencepiece_when_the_data_changed(tmp_path):
+    """Resuming after the corpus changed: SentencePiece trained anew on it would give other ids
+    (at the same vocabulary size); the resumed run must go on with the checkpoint's."""
+    config = tiny_config(tmp_path, "vocab", False, max_steps=4)
+    run_train(config)
+    (first,) = (tmp_path / "vocab").glob("**/checkpoints/last.ckpt")
+    saved = torch.load(first, weights_only=True)["seq2seq"]
+    run_train(config, "--ckpt_path", "last", "--trainer.max_steps", "6",
+              "--data.train_lines", "1000")
+    (resumed,) = (tmp_path / "vocab").glob("**/version_1/checkpoints/last.ckpt")
+    checkpoint = torch.load(resumed, weights_only=True)
+    assert checkpoint["global_step"] == 6
+    assert checkpoint["seq2seq"]["src_spm"] == saved["src_spm"]
+    (spm,) = (tmp_path / "vocab").glob("**/version_1/spm.src.model")
+    assert spm.read_bytes() == saved["src_spm"]

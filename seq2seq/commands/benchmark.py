@@ -1,42 +1,36 @@
 """Training and decoding speed, peak memory and FLOP utilisation on this machine.
 
-    python scripts/benchmark.py                    # configs/multi30k_de_en.yaml on data/multi30k
-    python scripts/benchmark.py --peer             # the peers' model on their synthetic corpus
-    python scripts/benchmark.py --peer joey        # ... with Joey NMT / fairseq encoder sizes
-    python scripts/benchmark.py --config configs/bench_m30k_2x512.yaml
-    python scripts/benchmark.py --json             # the last stdout line is one JSON object
+    seq2seq-benchmark                    # the default config on the bundled Multi30k
+    seq2seq-benchmark --peer             # the peers' model on their synthetic corpus
+    seq2seq-benchmark --peer joey        # ... with Joey NMT / fairseq encoder sizes
+    seq2seq-benchmark --config configs/bench_m30k_2x512.yaml
+    seq2seq-benchmark --model.decoder_layers 2 --data.max_tokens 4000   # any training option
+    seq2seq-benchmark --json             # the last stdout line is one JSON object
 
-Everything runs through the code a user runs: `TranslationModule` + `TranslationDataModule` +
-`lightning.Trainer` for training (a callback times the steps), `Translator.translate` for
-decoding. Training speed is target tokens (non-pad `tgt_out`, EOS included) per second over
-`--seconds` of steps after `--warmup-steps` steps; decoding speed is sentences and output tokens
-(EOS excluded) per second. Decoding uses the weights trained here, so quality means nothing.
+(`python scripts/benchmark.py ...` is the same command.) Everything runs through the code a user
+runs: the config is parsed by the training CLI's parser (so any `--model.*`, `--data.*` or
+`--trainer.precision` option of `seq2seq-train` applies), `TranslationModule` +
+`TranslationDataModule` + `lightning.Trainer` train (a callback times the steps),
+`Translator.translate` decodes. Training speed is target tokens (non-pad `tgt_out`, EOS
+included) per second over `--seconds` of steps after `--warmup-steps` steps; decoding speed is
+sentences and output tokens (EOS excluded) per second. Decoding uses the weights trained here,
+so quality means nothing.
 
 `--peer` rebuilds the peers kit's benchmark (OpenNMT-py, fairseq, Joey NMT): 20,000
 training lines of 5-30 words drawn from w0000..w1999, target = source reversed, 1,000 test
-lines, 2,000-token batches, Adam 1e-3, no label smoothing. `--peer onmt` (the default) matches
+lines, and the model of `configs/bench_peer.yaml`. `--peer onmt` (the default) matches
 OpenNMT-py's sizes, where `enc_hid_size: 256` is split over the two directions (128 each);
 `--peer joey` uses 256 per direction, as Joey NMT and fairseq do. It decodes the synthetic test
 lines twice: stopping at EOS (at most 40 tokens, as the peers' "natural" rows) and at exactly 30
 tokens with EOS blocked (the peers' "fixed30" rows, the same work in every toolkit).
 
-FLOPs. Training FLOPs are counted analytically from the model's sizes (a multiply-add is 2
-FLOPs; only matrix products, not gates, softmax, embeddings or the optimizer), per batch, from
-its real token counts, and then x3 (backward = 2 x forward):
-    per source token    2 * 4He * (in_l + He) * 2 directions, summed over encoder layers
-                        (in_1 = E, in_l = 2He), + 2 * C * A for the attention keys
-    per target token    2 * Hd * A (query) + 2 * 4Hd * (E + C + Hd) (first decoder layer)
-                        + 2 * 4Hd * 2Hd per further layer + 2 * (Hd + C + E) * E (readout)
-                        + 2 * E * V (output layer)
-    per (target token, real source token) pair    2 * A (energy v^T tanh(..)) + 2 * C (context)
-with E embedding, He encoder hidden per direction, C = 2He, Hd decoder hidden, A attention
-size, V target vocabulary. Utilisation is that rate over the best float32 (or, under a bf16
-precision, bfloat16) `torch.mm` rate this script measures on this machine in the same run.
+FLOPs: `Seq2Seq.training_flops` (the formula is there, next to the model). Utilisation is that
+rate over the best float32 (or, under a bf16 precision, bfloat16) `torch.mm` rate this script
+measures on this machine in the same run.
 """
 
 import argparse
 import contextlib
-import inspect
 import json
 import logging
 import os
@@ -52,36 +46,31 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import yaml
 
-import seq2seq.translator as translator_module
+from seq2seq.commands.train import CONFIGS, DEFAULT_CONFIG, TrainCLI
 from seq2seq.data.batching import Batch
 from seq2seq.data.corpus import read_lines
-from seq2seq.data.datamodule import TranslationDataModule
-from seq2seq.data.tokenizer import PAD_ID
+from seq2seq.data.datamodule import BUNDLED_MULTI30K, TranslationDataModule
+from seq2seq.search import MAX_LEN_A, MAX_LEN_B
+from seq2seq.special_tokens import PAD_ID
 from seq2seq.training import TranslationModule
-from seq2seq.translator import Translator
+from seq2seq.translator import BATCH_SIZE, Translator
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO / "configs" / "multi30k_de_en.yaml"
-MULTI30K_TEST = REPO / "data" / "multi30k" / "test_2016_flickr.de.gz"
+MULTI30K_TEST = BUNDLED_MULTI30K / "test_2016_flickr.de.gz"
+PEER_CONFIG = CONFIGS / "bench_peer.yaml"
 
 # The peers' corpus shape (make_reverse_corpus.py): words, lengths, split sizes.
 PEER_WORDS, PEER_MIN_LEN, PEER_MAX_LEN = 2000, 5, 30
 PEER_TRAIN, PEER_VAL, PEER_TEST = 20_000, 500, 1_000
-PEER_BATCH_TOKENS = 2000
-# SentencePiece's unigram and BPE models cut "w0257" into "▁w" + "0257" (split_by_number), two
-# pieces per word; its "word" model keeps each word whole. 2,000 words + 4 special ids + the 256
-# byte-fallback pieces our tokenizer always has: one piece per word, as the peers' word vocabulary.
-PEER_VOCAB = 2260
-PEER_SPM_MODEL = "word"
+PEER_BATCH_TOKENS = 2000  # the peers decode batches of about this many source tokens
 PEER_ENCODER_PER_DIRECTION = {"onmt": 128, "joey": 256}
 PEER_NATURAL_MAX_LEN = 40  # the peers' natural rows: stop at EOS, at most 40 tokens
 PEER_FIXED_LEN = 30  # the peers' fixed30 rows: EOS blocked, exactly 30 tokens
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    """-> this script's options, and the rest: training options for the config parser."""
+    parser = argparse.ArgumentParser(prog="seq2seq-benchmark", description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="a training yaml")
     parser.add_argument(
         "--peer", nargs="?", const="onmt", choices=sorted(PEER_ENCODER_PER_DIRECTION),
@@ -99,16 +88,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also decode at exactly this many output tokens, EOS blocked (default: 30 with "
         "--peer, none otherwise); 0 turns it off",
     )
-    parser.add_argument("--precision", help="Lightning precision (default: the config's)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--json", action="store_true", help="end with one line of JSON")
-    args = parser.parse_args(argv)
+    args, training_options = parser.parse_known_args(argv)
     if args.fixed_len is None:
         args.fixed_len = PEER_FIXED_LEN if args.peer else 0
     if args.warmup_steps < 1 or args.seconds <= 0 or args.sentences < 1 or args.fixed_len < 0:
         parser.error("need --warmup-steps >= 1, --seconds > 0, --sentences >= 1, --fixed-len >= 0")
-    return args
+    return args, training_options
 
 
 def log(message: str) -> None:
@@ -170,55 +158,26 @@ def peak_matmul_flops(dtype: torch.dtype, max_n: int = 2048, budget_s: float = 3
 
 
 # ----------------------------------------------------------------------------- configurations
-def load_config(path: Path) -> dict:
-    """The parts of a training yaml that the benchmark uses: model, data, precision, clipping."""
-    config = yaml.safe_load(Path(path).read_text())
-    trainer = config.get("trainer") or {}
-    return {
-        "name": str(path),
-        "seed": config.get("seed_everything", 1234),
-        "model": dict(config.get("model") or {}),
-        "data": dict(config.get("data") or {}),
-        "precision": trainer.get("precision", "32-true"),
-        "gradient_clip_val": trainer.get("gradient_clip_val"),
-    }
+def parse_config(options: list[str]):
+    """The training CLI's parser over `options` (`--config ...` and overrides) -> the parsed
+    config, the module and the data module, built exactly as `seq2seq-train` builds them."""
+    cli = TrainCLI(
+        TranslationModule, TranslationDataModule, args=options, run=False,
+        parser_kwargs={"exit_on_error": False},
+    )
+    return cli.config, cli.model, cli.datamodule
 
 
-def peer_config(variant: str, data_dir: Path) -> dict:
-    """The peers' model (peers kit: onmt_rnn_bahdanau.yaml, joeynmt_rnn_bahdanau.yaml):
-    separate untied embeddings of 256, one biLSTM encoder layer, one LSTM decoder layer of 256
-    with input feeding and additive attention of 256, dropout 0.1, Adam 1e-3, clipping 1.0."""
-    return {
-        "name": f"peer ({variant} sizes)",
-        "seed": 42,
-        "model": {
-            "embedding_size": 256,
-            "encoder_hidden_size": PEER_ENCODER_PER_DIRECTION[variant],
-            "encoder_layers": 1,
-            "decoder_hidden_size": 256,
-            "decoder_layers": 1,
-            "attention_size": 256,
-            "dropout": 0.1,
-            "embedding_dropout": 0.1,
-            "tie_output_embedding": False,
-            "share_embeddings": False,
-            "label_smoothing": 0.0,
-            "lr": 1e-3,
-            "warmup_steps": 0,
-        },
-        "data": {
-            "data_dir": str(data_dir),
-            "src_lang": "src",
-            "tgt_lang": "tgt",
-            "vocab_size": PEER_VOCAB,
-            "spm_model_type": PEER_SPM_MODEL,
-            "joint_vocab": True,  # both sides use the same 2,000 words
-            "max_tokens": PEER_BATCH_TOKENS,
-            "max_len": 100,
-        },
-        "precision": "32-true",
-        "gradient_clip_val": 1.0,
-    }
+def config_options(args: argparse.Namespace, training_options: list[str], corpus: Path | None):
+    """The training CLI's command line for this benchmark: --config, then the peer settings,
+    then whatever else the user gave."""
+    if args.peer:
+        return [
+            "--config", str(PEER_CONFIG), "--data.data_dir", str(corpus),
+            "--model.encoder_hidden_size", str(PEER_ENCODER_PER_DIRECTION[args.peer]),
+            *training_options,
+        ]
+    return ["--config", str(args.config), *training_options]
 
 
 def write_reverse_corpus(out: Path, seed: int) -> list[str]:
@@ -274,17 +233,17 @@ class StepTimer(L.Callback):
             trainer.should_stop = True
 
 
-def train(config: dict, args: argparse.Namespace, root: Path):
-    """Trains with the config until the timer stops it -> (module, datamodule, timer)."""
-    L.seed_everything(config["seed"], verbose=False)
-    datamodule = TranslationDataModule(**config["data"])
-    module = TranslationModule(**config["model"])
+def train(options: list[str], args: argparse.Namespace, root: Path):
+    """Trains the parsed config until the timer stops it
+    -> (module, datamodule, timer, precision)."""
+    config, module, datamodule = parse_config(options)
+    L.seed_everything(config.seed_everything, verbose=False)
     timer = StepTimer(args.warmup_steps, args.seconds)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
-        precision=args.precision or config["precision"],
-        gradient_clip_val=config["gradient_clip_val"],
+        precision=config.trainer.precision,
+        gradient_clip_val=config.trainer.gradient_clip_val,
         max_epochs=-1,
         limit_val_batches=0,  # validation is not training time
         num_sanity_val_steps=0,
@@ -300,65 +259,23 @@ def train(config: dict, args: argparse.Namespace, root: Path):
         trainer.fit(module, datamodule=datamodule)
     if timer.timed_steps == 0:
         raise SystemExit("benchmark: training ended before any step was timed")
-    return module, datamodule, timer
-
-
-def train_flops(model_config, src_tokens: int, tgt_tokens: int, pairs: int) -> float:
-    """Forward + backward FLOPs of training on these token counts (formula: module docstring)."""
-    c = model_config
-    E, He, Hd, A = c.embedding_size, c.encoder_hidden_size, c.decoder_hidden_size, c.attention_size
-    C, V = 2 * He, c.tgt_vocab_size
-    encoder = sum(2 * 2 * 4 * He * ((E if layer == 0 else C) + He) for layer in range(
-        c.encoder_layers))
-    per_src = encoder + 2 * C * A
-    decoder = 2 * 4 * Hd * (E + C + Hd) + (c.decoder_layers - 1) * 2 * 4 * Hd * 2 * Hd
-    per_tgt = 2 * Hd * A + decoder + 2 * (Hd + C + E) * E + 2 * E * V
-    per_pair = 2 * A + 2 * C
-    return 3.0 * (src_tokens * per_src + tgt_tokens * per_tgt + pairs * per_pair)
+    return module, datamodule, timer, str(config.trainer.precision)
 
 
 # ----------------------------------------------------------------------------- decoding
-@contextlib.contextmanager
-def min_len_search(min_len: int):
-    """Makes `Translator.translate` pass min_len to the search, as the peers'
-    joey_translate_minlen.py does for Joey NMT, when translate has no such option itself."""
-    names = ("greedy_search", "beam_search")
-    originals = {name: getattr(translator_module, name) for name in names}
-
-    def wrap(search):
-        def with_min_len(*args, **kwargs):
-            kwargs.setdefault("min_len", min_len)
-            return search(*args, **kwargs)
-
-        return with_min_len
-
-    for name in names:
-        setattr(translator_module, name, wrap(originals[name]))
-    try:
-        yield
-    finally:
-        for name in names:
-            setattr(translator_module, name, originals[name])
-
-
 def decode(
     translator: Translator, texts: list[str], beam: int, batch: int, max_len_a: float,
-    max_len_b: float, min_len: int = 0,
+    max_len_b: float, min_len: int = 1,
 ) -> dict:
     """Translates `texts` once -> seconds, sentences/s, output tokens/s (EOS excluded)."""
-    options = dict(beam_size=beam, batch_size=batch, max_len_a=max_len_a, max_len_b=max_len_b)
-    patch = contextlib.nullcontext()
-    if min_len > 0:
-        if "min_len" in inspect.signature(translator.translate).parameters:
-            options["min_len"] = min_len
-        else:
-            patch = min_len_search(min_len)
-    with patch:
-        start = time.perf_counter()
-        results = translator.translate(texts, **options)
-        seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    results = translator.translate(
+        texts, beam_size=beam, batch_size=batch, max_len_a=max_len_a, max_len_b=max_len_b,
+        min_len=min_len,
+    )
+    seconds = time.perf_counter() - start
     lengths = [len(nbest[0].tokens) for nbest in results]
-    if min_len > 0 and min(lengths) < min_len:
+    if min(lengths) < min_len:
         raise SystemExit(f"benchmark: min_len {min_len} was not applied (shortest {min(lengths)})")
     return {
         "seconds": round(seconds, 3),
@@ -374,11 +291,11 @@ def decode_all(translator: Translator, args, test_texts: list[str], peer: bool) 
     texts = test_texts[: args.sentences]
     batch = args.decode_batch
     if batch is None:
-        batch = 64
+        batch = BATCH_SIZE
         if peer:  # the peers decode 2,000-token batches: as many sentences as that holds
             mean_src = sum(len(t.split()) + 1 for t in texts) / len(texts)
             batch = max(1, round(PEER_BATCH_TOKENS / mean_src))
-    limits = (0.0, PEER_NATURAL_MAX_LEN) if peer else (1.5, 10)  # else: translate's defaults
+    limits = (0.0, PEER_NATURAL_MAX_LEN) if peer else (MAX_LEN_A, MAX_LEN_B)
     runs = {}
     for beam in (1, 5):
         name = "greedy" if beam == 1 else f"beam{beam}"
@@ -396,7 +313,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, training_options: list[str]) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **cpu_info()}
@@ -405,26 +322,28 @@ def run(args: argparse.Namespace) -> dict:
         torch.bfloat16)}
     with tempfile.TemporaryDirectory(prefix="seq2seq-bench-") as tmp:
         root = Path(tmp)
+        corpus = None
         if args.peer:
             corpus = root / "corpus"
             corpus.mkdir()
             test_texts = write_reverse_corpus(corpus, args.seed)
-            config = peer_config(args.peer, corpus)
+            name = f"peer ({args.peer} sizes)"
         else:
-            config = load_config(args.config)
             test_texts = read_lines(MULTI30K_TEST)
-        log(f"training {config['name']}: {args.warmup_steps} warm-up steps + {args.seconds:g} s")
-        module, datamodule, timer = train(config, args, root / "run")
+            name = str(args.config)
+        options = config_options(args, training_options, corpus)
+        log(f"training {name}: {args.warmup_steps} warm-up steps + {args.seconds:g} s")
+        module, datamodule, timer, precision = train(options, args, root / "run")
     model = module.model
-    precision = str(args.precision or config["precision"])
-    flops = train_flops(model.config, timer.src_tokens, timer.tgt_tokens, timer.pairs)
+    flops = model.training_flops(timer.src_tokens, timer.tgt_tokens, timer.pairs)
     achieved = flops / timer.elapsed
     peak_used = peak["bfloat16" if "bf16" in precision else "float32"]
     result.update(
-        config=config["name"],
+        config=name,
+        options=training_options,
         precision=precision,
         params=sum(p.numel() for p in model.parameters()),
-        model=dict(vars(model.config)),
+        model={**vars(model.config), "tgt_vocab_size": model.tgt_vocab_size},
         train_steps=timer.timed_steps,
         train_seconds=round(timer.elapsed, 2),
         train_tokens_per_s=round(timer.tgt_tokens / timer.elapsed, 1),
@@ -501,10 +420,10 @@ def quiet() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args, training_options = parse_args(argv)
     quiet()
     started = time.perf_counter()
-    result = run(args)
+    result = run(args, training_options)
     result["benchmark_seconds"] = round(time.perf_counter() - started, 1)
     print(table(result))
     if args.json:

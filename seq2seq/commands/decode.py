@@ -1,7 +1,10 @@
 """Translate a test set and score it with sacreBLEU (BLEU, chrF, TER, with signatures).
 
-    python scripts/decode.py --checkpoint runs/best.ckpt \\
+    seq2seq-decode --checkpoint runs/best.ckpt \\
         --src data/multi30k/test_2016_flickr.de.gz --ref data/multi30k/test_2016_flickr.en.gz
+
+(`python scripts/decode.py ...` is the same command.) Lines end as in `translate`, so both give
+one output line for each of the same input lines.
 
 With --json the last line of stdout is one JSON object: bleu, chrf, ter, signature, sentences,
 seconds (decoding time only, model loading excluded).
@@ -13,35 +16,16 @@ import sys
 import time
 from pathlib import Path
 
-from seq2seq.checkpoint import CheckpointError
+from seq2seq.cli import add_decoding_options, load_translator, output_text, search_options
 from seq2seq.data.corpus import CorpusError, read_lines
-from seq2seq.ensemble import COMBINE
 from seq2seq.metrics import corpus_scores
-from seq2seq.translator import Translator
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--checkpoint",
-        required=True,
-        type=Path,
-        action="append",
-        help="repeat it to decode with an ensemble of the checkpoints",
-    )
+    parser = argparse.ArgumentParser(prog="seq2seq-decode", description=__doc__.split("\n")[0])
+    add_decoding_options(parser, "--checkpoint,-m,--model")
     parser.add_argument("--src", required=True, type=Path, help="source sentences, plain or .gz")
     parser.add_argument("--ref", required=True, type=Path, help="references, plain or .gz")
-    parser.add_argument("--beam-size", type=int, default=5, help="1 = greedy")
-    parser.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
-    parser.add_argument("--length-penalty", type=float, default=1.0, help="GNMT alpha")
-    parser.add_argument("--max-src-len", type=int, default=250, help="longer sources are cut")
-    parser.add_argument(
-        "--ensemble-combine",
-        choices=COMBINE,
-        default="log_prob",
-        help="with several checkpoints: average log-probabilities (default) or probabilities",
-    )
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--output", type=Path, help="write the hypotheses here, one per line")
     parser.add_argument("--json", action="store_true", help="end with one line of JSON")
     return parser.parse_args(argv)
@@ -55,24 +39,15 @@ def main(argv: list[str] | None = None) -> int:
             raise CorpusError(
                 f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}"
             )
-        translator = Translator.from_checkpoints(
-            args.checkpoint, device=args.device, combine=args.ensemble_combine
-        )
-    except (CheckpointError, CorpusError) as e:
+        translator = load_translator(args)
+    except ValueError as e:  # CorpusError, CheckpointError, a device
         print(f"decode: error: {e}", file=sys.stderr)
         return 2
 
     start = time.perf_counter()
-    results = translator.translate(
-        sources,
-        beam_size=args.beam_size,
-        length_penalty=args.length_penalty,
-        batch_size=args.batch_size,
-        max_src_len=args.max_src_len,
-    )
+    results = translator.translate(sources, **search_options(args))
     seconds = time.perf_counter() - start
-    # A decoded newline would shift every later line of --output against the references.
-    hypotheses = [" ".join(nbest[0].text.splitlines()) for nbest in results]
+    hypotheses = [output_text(nbest[0]) for nbest in results]
     truncated = sum(nbest[0].truncated for nbest in results)
     if truncated:
         print(

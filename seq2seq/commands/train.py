@@ -87,13 +87,16 @@ def main(args: list[str] | None = None) -> None:
         check_embedding_sharing(cli.model.config, cli.datamodule.hparams.joint_vocab)
     except (ArgumentError, ValueError, MisconfigurationException) as e:
         fail(e, status=2)
+    error = None
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     except (CorpusError, NonFiniteLossError) as e:
-        fail(e, status=1)
-    finally:
+        error = e
+    finally:  # also after Ctrl-C or SIGTERM; before the error, so that stderr ends with it
         if cli.trainer.is_global_zero:
             print_next_steps(cli.trainer)
+    if error is not None:
+        fail(error, status=1)
 
 
 def fail(error: Exception, status: int) -> NoReturn:

@@ -53,6 +53,7 @@ class TokenBatchSampler(Sampler[list[int]]):
 
     A batch costs len(batch) * its longest row, where a row is source + EOS or BOS + target,
     whichever is longer: the number of tokens the padded tensors hold. Lengths are raw id counts.
+    An evaluation example longer than the budget makes a batch of its own.
 
     shuffle=True: a fresh permutation each epoch (seeded by seed + epoch), sorted by row size
     within pools of about 100 batches (similar lengths, little padding), the batches then
@@ -81,7 +82,10 @@ class TokenBatchSampler(Sampler[list[int]]):
         pairs = zip(self.src_lengths, self.tgt_lengths, strict=True)
         self.sizes = [max(s, t) + 1 for s, t in pairs]  # a row: source + EOS or BOS + target
         longest = max(self.sizes, default=0)
-        if longest > max_tokens:
+        # Training pairs are length-filtered, so only a budget below that filter's limit trips
+        # this. Evaluation keeps every sentence (corpus BLEU needs them all): one longer than
+        # the budget is decoded in a batch of its own.
+        if shuffle and longest > max_tokens:
             raise ValueError(
                 f"max_tokens={max_tokens} is smaller than the longest example ({longest} tokens "
                 "with BOS/EOS); raise max_tokens or filter long sentences out"

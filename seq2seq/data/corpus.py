@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from seq2seq.errors import first_line
 from seq2seq.hub_ids import looks_like_path
 
 if TYPE_CHECKING:
@@ -196,9 +197,9 @@ def _load_hub(
     try:
         ds = datasets.load_dataset(name, config, split=hub_split)
     except Exception as e:  # offline, unknown name, config or split: the user's fix is the same
-        reason = (str(e).splitlines() or [""])[0]
         raise CorpusError(
-            f"could not load '{name}' from the Hugging Face hub ({type(e).__name__}: {reason}); "
+            f"could not load '{name}' from the Hugging Face hub ({type(e).__name__}: "
+            f"{first_line(e)}); "
             "pass a local directory with --data.data_dir"
         ) from e
     if "translation" in ds.column_names:  # e.g. wmt14: {"translation": {"de": ..., "en": ...}}

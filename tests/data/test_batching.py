@@ -151,6 +151,16 @@ def test_example_longer_than_budget():
     assert "21 tokens" in str(excinfo.value) and "\n" not in str(excinfo.value)
 
 
+def test_evaluation_example_longer_than_budget_is_batched_alone():
+    """Validation must decode every sentence: one over the budget is not an error mid-training
+    but a batch of one; the others still share batches within the budget."""
+    s = TokenBatchSampler([3, 2, 40, 4, 3], [3, 3, 60, 2, 4], max_tokens=10, shuffle=False)
+    batches = list(s)
+    assert [2] in batches
+    assert sorted(i for b in batches for i in b) == [0, 1, 2, 3, 4]
+    assert all(len(b) * max(s.sizes[i] for i in b) <= 10 for b in batches if b != [2])
+
+
 def test_with_a_dataloader(lengths):
     examples = [(i, [5] * s, [6] * t) for i, (s, t) in enumerate(zip(*lengths, strict=True))]
     loader = DataLoader(examples, batch_sampler=sampler(lengths), collate_fn=collate)
