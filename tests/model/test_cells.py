@@ -190,3 +190,13 @@ def test_docs_lstm_md_links_the_lines_that_compute_each_equation():
     assert len(links) > 20
     for code, line in links:
         assert source[int(line) - 1].strip().startswith(code), f"cells.py:{line} is not {code!r}"
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("cell", "rnn"), ("cell", None), ("recurrent_dropout", 1.0), ("recurrent_dropout", -0.1),
+     ("forget_bias", float("inf")), ("forget_bias", "1")],
+)
+def test_model_config_rejects_bad_cell_options_naming_the_key(field, value):
+    with pytest.raises(ValueError, match=f"model.{field}"):
+        ModelConfig(**{field: value})
