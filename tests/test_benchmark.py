@@ -42,3 +42,12 @@ def test_benchmark_peer_mode_has_one_piece_per_word_and_fixed_length_rows():
     # EOS blocked: exactly 30 tokens for each of the 20 sentences
     assert result["decode"]["fixed30_greedy"]["tokens"] == 20 * 30
     assert result["decode"]["fixed30_beam5"]["tokens"] == 20 * 30
+
+
+def test_benchmark_two_training_processes_sum_their_tokens():
+    """DDP on CPU (gloo): both ranks stop at the same step (else one would hang), their counts
+    are summed, and the report names the arrangement."""
+    result = run_benchmark("--config", "configs/tiny.yaml", "--processes", "2")
+    assert result["arrangement"] == "2 process(es) x 1 thread(s)"
+    assert result["train_steps"] >= 2 and result["train_steps"] % 2 == 0
+    assert result["train_tokens_per_s"] > 0

@@ -89,6 +89,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         "--peer, none otherwise); 0 turns it off",
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--processes", type=int, default=1,
+        help="training processes (DDP on CPU, gloo); each gets cores/processes threads unless "
+        "OMP_NUM_THREADS or --threads says otherwise. Tokens/s are summed over them",
+    )
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--json", action="store_true", help="end with one line of JSON")
     args, training_options = parser.parse_known_args(argv)
@@ -96,6 +101,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         args.fixed_len = PEER_FIXED_LEN if args.peer else 0
     if args.warmup_steps < 1 or args.seconds <= 0 or args.sentences < 1 or args.fixed_len < 0:
         parser.error("need --warmup-steps >= 1, --seconds > 0, --sentences >= 1, --fixed-len >= 0")
+    if args.processes < 1:
+        parser.error(f"--processes must be at least 1, got {args.processes}")
     return args, training_options
 
 
@@ -206,7 +213,9 @@ def pieces_per_word(tokenizer, lines: list[str]) -> float:
 class StepTimer(L.Callback):
     """Times the real training loop (data loading, forward, backward, clipping, Adam, Lightning)
     from the end of warm-up step `warmup_steps` to the end of the last step, counts what the
-    timed steps processed, and stops training once `seconds` have been timed."""
+    timed steps processed, and stops training once `seconds` have been timed. Under DDP every
+    rank stops at the same step (the decision is reduced over ranks) and the counts are summed
+    over ranks at the end."""
 
     def __init__(self, warmup_steps: int, seconds: float):
         self.warmup_steps, self.seconds = warmup_steps, seconds
@@ -229,8 +238,18 @@ class StepTimer(L.Callback):
         self.pairs += int((tgt_lengths * batch.src_lengths.to(tgt_lengths.device)).sum())
         self.timed_steps += 1
         self.elapsed = now - self.start
-        if self.elapsed >= self.seconds:
+        # Every rank must stop at the same step, or the others would wait in all-reduce forever.
+        if trainer.strategy.reduce_boolean_decision(self.elapsed >= self.seconds, all=False):
             trainer.should_stop = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        counts = torch.tensor(
+            [self.tgt_tokens, self.src_tokens, self.pairs, self.timed_steps], dtype=torch.float64
+        )
+        counts = trainer.strategy.reduce(counts, reduce_op="sum")
+        self.tgt_tokens, self.src_tokens, self.pairs, self.timed_steps = map(int, counts.tolist())
+        elapsed = torch.tensor([self.elapsed], dtype=torch.float64)
+        self.elapsed = float(trainer.strategy.reduce(elapsed, reduce_op="max"))
 
 
 def train(options: list[str], args: argparse.Namespace, root: Path):
@@ -241,7 +260,8 @@ def train(options: list[str], args: argparse.Namespace, root: Path):
     timer = StepTimer(args.warmup_steps, args.seconds)
     trainer = L.Trainer(
         accelerator="cpu",
-        devices=1,
+        devices=args.processes,
+        strategy="ddp" if args.processes > 1 else "auto",
         precision=config.trainer.precision,
         gradient_clip_val=config.trainer.gradient_clip_val,
         max_epochs=-1,
@@ -259,7 +279,7 @@ def train(options: list[str], args: argparse.Namespace, root: Path):
         trainer.fit(module, datamodule=datamodule)
     if timer.timed_steps == 0:
         raise SystemExit("benchmark: training ended before any step was timed")
-    return module, datamodule, timer, str(config.trainer.precision)
+    return module, datamodule, timer, str(config.trainer.precision), trainer.global_rank
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -313,13 +333,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run(args: argparse.Namespace, training_options: list[str]) -> dict:
+def run(args: argparse.Namespace, training_options: list[str]) -> dict | None:
+    """The figures, on the first process; None on the other training processes."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **cpu_info()}
-    log("measuring the matrix-product peak (float32, bfloat16)")
-    peak = {"float32": peak_matmul_flops(torch.float32), "bfloat16": peak_matmul_flops(
-        torch.bfloat16)}
     with tempfile.TemporaryDirectory(prefix="seq2seq-bench-") as tmp:
         root = Path(tmp)
         corpus = None
@@ -333,7 +350,20 @@ def run(args: argparse.Namespace, training_options: list[str]) -> dict:
             name = str(args.config)
         options = config_options(args, training_options, corpus)
         log(f"training {name}: {args.warmup_steps} warm-up steps + {args.seconds:g} s")
-        module, datamodule, timer, precision = train(options, args, root / "run")
+        module, datamodule, timer, precision, rank = train(options, args, root / "run")
+    if rank != 0:
+        return None
+    threads = torch.get_num_threads()  # per training process (DDP sets it at launch)
+    arrangement = f"{args.processes} process(es) x {threads} thread(s)"
+    # The peak and decoding get all the cores the training processes had together.
+    torch.set_num_threads(args.processes * threads)
+    result = {
+        "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **cpu_info(),
+        "arrangement": arrangement,
+    }
+    log("measuring the matrix-product peak (float32, bfloat16)")
+    peak = {"float32": peak_matmul_flops(torch.float32), "bfloat16": peak_matmul_flops(
+        torch.bfloat16)}
     model = module.model
     flops = model.training_flops(timer.src_tokens, timer.tgt_tokens, timer.pairs)
     achieved = flops / timer.elapsed
@@ -389,7 +419,7 @@ def table(r: dict) -> str:
         ("training", f"**{r['train_tokens_per_s']:,.0f} target tokens/s** "
                      f"({r['train_steps_per_s']:.2f} steps/s, {r['train_tgt_tokens_per_step']:,.0f}"
                      f" target tokens/step; {r['train_steps']} steps in {r['train_seconds']:.1f} s"
-                     " after warm-up)"),
+                     f" after warm-up; {r['arrangement']})"),
     ]
     for name, d in r["decode"].items():
         rows.append((f"decoding, {name}", f"**{d['sents_per_s']:,.1f} sentences/s**, "
@@ -424,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet()
     started = time.perf_counter()
     result = run(args, training_options)
+    if result is None:  # a second training process: the first one reports
+        return 0
     result["benchmark_seconds"] = round(time.perf_counter() - started, 1)
     print(table(result))
     if args.json:

@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from seq2seq.model.cells import CELLS
 from seq2seq.model.config import ModelConfig
 from seq2seq.model.decoder import DecoderLSTM, DecoderState, EncoderMemory
 from seq2seq.model.encoder import EncoderLSTM
@@ -103,24 +104,27 @@ class Seq2Seq(nn.Module):
         """Forward + backward FLOPs of training on these token counts (as nanoGPT's estimate:
         matrix products only, a multiply-add is 2 FLOPs, backward = 2 x forward):
 
-        per source token   2 * 4He * (in_l + He) * 2 directions, summed over encoder layers
+        per source token   2 * G He * (in_l + He) * 2 directions, summed over encoder layers
                            (in_1 = E, in_l = 2He), + 2 * C * A for the attention keys
-        per target token   2 * Hd * A (query) + 2 * 4Hd * (E + C + Hd) (first decoder layer)
-                           + 2 * 4Hd * 2Hd per further layer + 2 * (Hd + C + E) * E (readout)
+        per target token   2 * Hd * A (query) + 2 * G Hd * (E + C + Hd) (first decoder layer)
+                           + 2 * G Hd * 2Hd per further layer + 2 * (Hd + C + E) * E (readout)
                            + 2 * E * V (output layer)
         per (target token, real source token) pair   2 * A (energy) + 2 * C (context)
 
         E embedding, He encoder hidden per direction, C = 2He, Hd decoder hidden, A attention
-        size, V target vocabulary. `pairs` counts (target token, real source token) pairs.
+        size, V target vocabulary, G the cell's gate blocks (4 for the LSTMs, 3 for CIFG and
+        the GRU); the cells' element-wise work (peepholes, layer norm) is not counted.
+        `pairs` counts (target token, real source token) pairs.
         """
         c = self.config
         E, He, Hd = c.embedding_size, c.encoder_hidden_size, c.decoder_hidden_size
         A, C, V = c.attention_size, 2 * c.encoder_hidden_size, self.tgt_vocab_size
+        G = CELLS[c.cell].num_gates
         encoder = sum(
-            2 * 2 * 4 * He * ((E if layer == 0 else C) + He) for layer in range(c.encoder_layers)
+            2 * 2 * G * He * ((E if layer == 0 else C) + He) for layer in range(c.encoder_layers)
         )
         per_src = encoder + 2 * C * A
-        decoder = 2 * 4 * Hd * (E + C + Hd) + (c.decoder_layers - 1) * 2 * 4 * Hd * 2 * Hd
+        decoder = 2 * G * Hd * (E + C + Hd) + (c.decoder_layers - 1) * 2 * G * Hd * 2 * Hd
         per_tgt = 2 * Hd * A + decoder + 2 * (Hd + C + E) * E + 2 * E * V
         per_pair = 2 * A + 2 * C
         return 3.0 * (src_tokens * per_src + tgt_tokens * per_tgt + pairs * per_pair)
