@@ -34,7 +34,7 @@ def _data_section(name: str | None) -> str:
         return f"Trained on `{name}`; the terms of that data apply to this model too."
     return (
         "Trained on Multi30k (task 1: Flickr30k image descriptions in English with German "
-        "translations; 29,000 sentence pairs). The data is provided by its authors **solely "
+        "translations). The data is provided by its authors **solely "
         "for non-commercial research and educational use**, under the terms of Flickr30k "
         f"(<{MULTI30K_TERMS_URL}>), and so is this model, which was derived from it. If you "
         "publish results obtained with it, cite Elliott et al. (2016), \"Multi30K: "

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         scores, test_name, decoding = _evaluate(args) if args.eval_src else (None, "", "")
         parameters = sum(p.numel() for p in loaded.model.parameters())
         card = model_card.render(
-            config, parameters, [str(p) for p in paths], scores, test_name, decoding
+            config, parameters, [p.name for p in paths], scores, test_name, decoding
         )
         (args.output / CARD_FILE).write_text(card, encoding="utf-8")
         print(f"exported {' '.join(map(str, paths))} to {args.output}")
