@@ -9,7 +9,8 @@
 
 From a pipe or a terminal, lines are translated as they arrive (whatever a read returns is one
 group), so the command works interactively and inside other programs' pipelines. A file (-i, or
-stdin redirected from a file) is read whole and batched by length, with a progress bar.
+stdin redirected from a file) is read whole and batched by length, with a progress bar; with
+--workers N, N processes share it.
 
 A line's problems (invalid UTF-8, too long, an exception while translating it) are warnings on
 stderr naming the line; its output line is still written, empty if nothing better exists.
@@ -17,11 +18,13 @@ stderr naming the line; its output line is still written, empty if nothing bette
 
 import argparse
 import codecs
+import functools
 import gzip
 import os
 import stat
 import sys
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,6 +34,7 @@ from seq2seq.checkpoint import CheckpointError
 from seq2seq.data.corpus import LINE_END, split_lines
 from seq2seq.ensemble import COMBINE
 from seq2seq.errors import first_line
+from seq2seq.quantize import quantize_int8
 from seq2seq.search import MAX_LEN_A, MAX_LEN_B, check_nbest
 from seq2seq.translator import (
     BATCH_SIZE,
@@ -40,6 +44,7 @@ from seq2seq.translator import (
     Translator,
     empty_result,
 )
+from seq2seq.workers import AUTO, TranslatorPool, plan
 
 READ_SIZE = 1 << 16  # bytes per read from a pipe; a terminal returns one line per read
 FILE_CHUNK_BATCHES = 16  # batches per chunk of a file: length-sorting needs many sentences
@@ -53,6 +58,17 @@ def _positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
     return number
+
+
+def _workers(value: str) -> int | str:
+    if value == AUTO:
+        return value
+    try:
+        return _positive_int(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or {AUTO!r}, got {value!r}"
+        ) from None
 
 
 class _OneLineErrors(argparse.ArgumentParser):
@@ -95,6 +111,19 @@ def add_decoding_options(parser: argparse.ArgumentParser, model_option: str) -> 
         help="with several models: average log-probabilities (default) or probabilities",
     )
     parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:1")
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="translate a whole file (not a pipe) on N processes, the cores' threads shared "
+        f"among them; {AUTO!r}: one process per core",
+    )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 weights for the linear layers, on the CPU (needs torchao)",
+    )
 
 
 def search_options(args: argparse.Namespace) -> dict:
@@ -104,16 +133,35 @@ def search_options(args: argparse.Namespace) -> dict:
 
 
 def load_translator(args: argparse.Namespace) -> Translator:
-    """The parsed models on the parsed device. Raises CheckpointError, or ValueError naming the
-    device: one line either way."""
+    """The parsed models on the parsed device, int8 if asked. Raises CheckpointError, or
+    ValueError naming the device or --int8: one line either way."""
+    if args.int8 and args.device != "cpu":
+        raise ValueError(f"--int8 runs on the CPU only, not --device {args.device}")
     try:
-        return Translator.from_checkpoints(
+        translator = Translator.from_checkpoints(
             args.model, device=args.device, combine=args.ensemble_combine
         )
     except CheckpointError:
         raise
     except (RuntimeError, AssertionError, ValueError) as e:  # what torch raises for devices
         raise ValueError(f"cannot use device {args.device!r}: {first_line(e)}") from None
+    if args.int8:
+        try:
+            translator.model = quantize_int8(translator.model)
+        except ImportError as e:
+            raise ValueError(str(e)) from None
+    return translator
+
+
+def open_translator(
+    args: argparse.Namespace, whole_file: bool = True
+) -> AbstractContextManager[Translator | TranslatorPool]:
+    """`load_translator` as a context manager; for a whole file with --workers N > 1, a pool of
+    N processes that each load it. Raises as `load_translator`."""
+    processes, threads = plan(args.workers)
+    if processes > 1 and whole_file:
+        return TranslatorPool(functools.partial(load_translator, args), processes, threads)
+    return nullcontext(load_translator(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,16 +297,21 @@ class LineTranslator:
         return lines
 
 
-def _run(args: argparse.Namespace, translator: Translator, out: BinaryIO) -> int:
+def _whole_file(args: argparse.Namespace) -> bool:
+    """Whether the input is a file read whole, not lines to translate as they arrive."""
+    return bool(args.input) or stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode)
+
+
+def _run(args: argparse.Namespace, translator: Translator | TranslatorPool, out: BinaryIO) -> int:
     translate = LineTranslator(translator, args, out)
-    if args.input or stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode):
+    if _whole_file(args):
         if args.input:
             opener = gzip.open if args.input.suffix == ".gz" else open
             with opener(args.input, "rb") as f:
                 lines = split_lines(f.read())
         else:
             lines = split_lines(sys.stdin.buffer.read())
-        chunk = args.batch_size * FILE_CHUNK_BATCHES
+        chunk = args.batch_size * FILE_CHUNK_BATCHES * plan(args.workers)[0]  # per process
         with tqdm(total=len(lines), unit="line", file=sys.stderr, disable=None) as progress:
             for start in range(0, len(lines), chunk):
                 translate(lines[start : start + chunk], start + 1)
@@ -288,17 +341,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--nbest: {e}")
     if args.input and not args.input.is_file():
         return _fail(f"{args.input}: no such input file")
+    # stdin is looked at before loading only with --workers: callers may give no stdin at all.
+    pipe = plan(args.workers)[0] > 1 and not _whole_file(args)
+    if pipe:
+        _warn("--workers applies to a whole file (-i, or < FILE); a pipe is translated here")
     try:
-        translator = load_translator(args)
+        opened = open_translator(args, whole_file=not pipe)
     except ValueError as e:  # CheckpointError included
         return _fail(str(e))
     if args.plot_attention:
         args.plot_attention.mkdir(parents=True, exist_ok=True)
     try:
-        if args.output:
-            with open(args.output, "wb") as out:
-                return _run(args, translator, out)
-        return _run(args, translator, sys.stdout.buffer)
+        with opened as translator:
+            if args.output:
+                with open(args.output, "wb") as out:
+                    return _run(args, translator, out)
+            return _run(args, translator, sys.stdout.buffer)
     except OSError as e:
         if isinstance(e, BrokenPipeError):
             # The reader went away (e.g. `| head`): stop quietly, and keep Python's own

@@ -7,7 +7,7 @@
 one output line for each of the same input lines.
 
 With --json the last line of stdout is one JSON object: bleu, chrf, ter, signature, sentences,
-seconds (decoding time only, model loading excluded).
+seconds (decoding time only: model loading, and with --workers the processes' start, excluded).
 """
 
 import argparse
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from seq2seq.cli import add_decoding_options, load_translator, output_text, search_options
+from seq2seq.cli import add_decoding_options, open_translator, output_text, search_options
 from seq2seq.data.corpus import CorpusError, read_lines
 from seq2seq.metrics import corpus_scores
 
@@ -39,14 +39,15 @@ def main(argv: list[str] | None = None) -> int:
             raise CorpusError(
                 f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}"
             )
-        translator = load_translator(args)
-    except ValueError as e:  # CorpusError, CheckpointError, a device
+        opened = open_translator(args)
+    except ValueError as e:  # CorpusError, CheckpointError, a device, --int8
         print(f"decode: error: {e}", file=sys.stderr)
         return 2
 
-    start = time.perf_counter()
-    results = translator.translate(sources, **search_options(args))
-    seconds = time.perf_counter() - start
+    with opened as translator:
+        start = time.perf_counter()
+        results = translator.translate(sources, **search_options(args))
+        seconds = time.perf_counter() - start
     hypotheses = [output_text(nbest[0]) for nbest in results]
     truncated = sum(nbest[0].truncated for nbest in results)
     if truncated:
