@@ -6,6 +6,7 @@
     seq2seq-benchmark --config configs/bench_m30k_2x512.yaml
     seq2seq-benchmark --model.decoder_layers 2 --data.max_tokens 4000   # any training option
     seq2seq-benchmark --json             # the last stdout line is one JSON object
+    seq2seq-benchmark --accelerator gpu --trainer.precision bf16-mixed   # on a CUDA GPU
 
 (`python scripts/benchmark.py ...` is the same command.) Everything runs through the code a user
 runs: the config is parsed by the training CLI's parser (so any `--model.*`, `--data.*` or
@@ -26,7 +27,7 @@ tokens with EOS blocked (the peers' "fixed30" rows, the same work in every toolk
 
 FLOPs: `Seq2Seq.training_flops` (the formula is there, next to the model). Utilisation is that
 rate over the best float32 (or, under a bf16 precision, bfloat16) `torch.mm` rate this script
-measures on this machine in the same run.
+measures on this machine (on the GPU with `--accelerator gpu`) in the same run.
 """
 
 import argparse
@@ -88,6 +89,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         help="also decode at exactly this many output tokens, EOS blocked (default: 30 with "
         "--peer, none otherwise); 0 turns it off",
     )
+    parser.add_argument(
+        "--accelerator", choices=["cpu", "gpu"], default="cpu",
+        help="where to train, decode and measure the matrix-product peak (gpu: CUDA)",
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument(
         "--processes", type=int, default=1,
@@ -103,6 +108,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         parser.error("need --warmup-steps >= 1, --seconds > 0, --sentences >= 1, --fixed-len >= 0")
     if args.processes < 1:
         parser.error(f"--processes must be at least 1, got {args.processes}")
+    if args.accelerator == "gpu" and not torch.cuda.is_available():
+        parser.error("--accelerator gpu: torch sees no CUDA GPU here")
     return args, training_options
 
 
@@ -133,7 +140,9 @@ def cpu_info() -> dict:
     }
 
 
-def peak_matmul_flops(dtype: torch.dtype, max_n: int = 2048, budget_s: float = 3.0) -> float:
+def peak_matmul_flops(
+    dtype: torch.dtype, device: str = "cpu", max_n: int = 2048, budget_s: float = 3.0
+) -> float:
     """The best FLOP/s of a square `torch.mm` in `dtype`: the ceiling the model could reach.
 
     The size doubles from 256 while one product takes under 50 ms (up to max_n), so that a
@@ -142,13 +151,15 @@ def peak_matmul_flops(dtype: torch.dtype, max_n: int = 2048, budget_s: float = 3
     """
 
     def operands(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
         torch.mm(a, b)  # the first call pays for set-up
         return a, b
 
     def timed_mm(a: torch.Tensor, b: torch.Tensor) -> float:
         start = time.perf_counter()
         torch.mm(a, b)
+        if a.is_cuda:
+            torch.cuda.synchronize()  # the product runs asynchronously: wait for its end
         return time.perf_counter() - start
 
     n = 256
@@ -259,7 +270,7 @@ def train(options: list[str], args: argparse.Namespace, root: Path):
     L.seed_everything(config.seed_everything, verbose=False)
     timer = StepTimer(args.warmup_steps, args.seconds)
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=args.accelerator,
         devices=args.processes,
         strategy="ddp" if args.processes > 1 else "auto",
         precision=config.trainer.precision,
@@ -353,6 +364,10 @@ def run(args: argparse.Namespace, training_options: list[str]) -> dict | None:
         module, datamodule, timer, precision, rank = train(options, args, root / "run")
     if rank != 0:
         return None
+    gpu = args.accelerator == "gpu"
+    device = "cuda" if gpu else "cpu"
+    # Training's peak, read before the matrix-product peak allocates its large operands.
+    peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if gpu else None
     threads = torch.get_num_threads()  # per training process (DDP sets it at launch)
     arrangement = f"{args.processes} process(es) x {threads} thread(s)"
     # The peak and decoding get all the cores the training processes had together.
@@ -361,9 +376,13 @@ def run(args: argparse.Namespace, training_options: list[str]) -> dict | None:
         "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **cpu_info(),
         "arrangement": arrangement,
     }
-    log("measuring the matrix-product peak (float32, bfloat16)")
-    peak = {"float32": peak_matmul_flops(torch.float32), "bfloat16": peak_matmul_flops(
-        torch.bfloat16)}
+    if gpu:
+        result.update(gpu=torch.cuda.get_device_name(), peak_gpu_mb=round(peak_gpu_mb, 1))
+    log(f"measuring the matrix-product peak on the {device} (float32, bfloat16)")
+    # A GPU needs products of 8192 to leave launch overhead behind; a CPU reaches its peak early.
+    max_n = 8192 if gpu else 2048
+    peak = {name: peak_matmul_flops(dtype, device, max_n) for name, dtype in (
+        ("float32", torch.float32), ("bfloat16", torch.bfloat16))}
     model = module.model
     flops = model.training_flops(timer.src_tokens, timer.tgt_tokens, timer.pairs)
     achieved = flops / timer.elapsed
@@ -388,7 +407,7 @@ def run(args: argparse.Namespace, training_options: list[str]) -> dict | None:
     )
     if args.peer:
         result["pieces_per_word"] = round(pieces_per_word(datamodule.tgt_tokenizer, test_texts), 4)
-    translator = Translator(model, datamodule.src_tokenizer, datamodule.tgt_tokenizer)
+    translator = Translator(model, datamodule.src_tokenizer, datamodule.tgt_tokenizer, device)
     result.update(decode_all(translator, args, test_texts, bool(args.peer)))
     for name, figures in result["decode"].items():
         result[f"{name}_sents_per_s"] = figures["sents_per_s"]
@@ -413,6 +432,8 @@ def table(r: dict) -> str:
                   f"{m['attention_size']}, vocabulary {m['tgt_vocab_size']}, "
                   f"{r['params'] / 1e6:.2f}M parameters, {r['precision']}"),
     ]
+    if "gpu" in r:
+        rows.append(("GPU", f"{r['gpu']}, training peak {r['peak_gpu_mb']:,.0f} MB allocated"))
     if "pieces_per_word" in r:
         rows.append(("pieces per word", f"{r['pieces_per_word']:.3f}"))
     rows += [
