@@ -42,10 +42,12 @@ def test_quantize_int8_leaves_the_model_alone(decoding_model):
     assert all(torch.equal(before[name], after[name]) for name in before)
     linears = [m for m in decoding_model.modules() if isinstance(m, nn.Linear)]
     assert all(type(m.weight) is nn.Parameter for m in linears)
-    # The copy: every linear layer int8, the (tied) embedding table still float for lookups.
+    # The copy: the linear layers int8 but the one-output energy layer, the (tied) embedding
+    # table still float for lookups.
     int8_linears = [m for m in int8.modules() if isinstance(m, nn.Linear)]
     assert len(int8_linears) == len(linears)
-    assert all(type(m.weight) is not nn.Parameter for m in int8_linears)
+    assert all((type(m.weight) is nn.Parameter) == (m.out_features == 1) for m in int8_linears)
+    assert type(int8.decoder.attention.energy_layer.weight) is nn.Parameter
     assert type(int8.decoder.embedding.weight) is nn.Parameter
     assert torch.equal(int8.decoder.embedding.weight, decoding_model.decoder.embedding.weight)
 
