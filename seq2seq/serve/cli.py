@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 import uvicorn
 
-from seq2seq.checkpoint import CheckpointError
-from seq2seq.cli import _OneLineErrors, _positive_int
+from seq2seq.cli import _OneLineErrors, _positive_int, load_translator
 from seq2seq.ensemble import COMBINE, Ensemble
 from seq2seq.pretrained import CARD_FILE, is_hub_id
 from seq2seq.serve.app import create_app
@@ -51,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 listens on every interface")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:1")
+    parser.add_argument(
+        "--int8", action="store_true", help="int8 weights for the linear layers (needs torchao)"
+    )
     parser.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's)")
     parser.add_argument(
         "--log-level", choices=("debug", "info", "warning", "error"), default="info",
@@ -134,20 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    signal.signal(signal.SIGTERM, _exit_zero)
     try:
-        translator = Translator.from_checkpoints(
-            args.model, device=args.device, combine=args.ensemble_combine
-        )
-    except CheckpointError as e:
+        translator = load_translator(args)
+    except ValueError as e:  # CheckpointError included
         print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except (RuntimeError, AssertionError, ValueError) as e:  # what torch raises for devices
-        print(f"{PROG}: error: cannot use device {args.device!r}: {e}", file=sys.stderr)
         return 2
     batcher = DynamicBatcher(translator, args.max_batch_tokens, args.max_wait_ms, args.max_queue)
     limits = Limits(**{name: getattr(args, name) for name in Limits.__dataclass_fields__})
     app = create_app(batcher, describe_models(translator, args.model), limits)
+    signal.signal(signal.SIGTERM, _exit_zero)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     except KeyboardInterrupt:
