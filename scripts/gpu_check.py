@@ -2,7 +2,7 @@
 call of under 8 minutes, ending with one table.
 
     scripts/gpu_check.sh OUT_DIR                    # installs the carried wheels, runs this
-    python scripts/gpu_check.py OUT_DIR --parts tests,bench    # again, some parts only
+    scripts/gpu_check.sh OUT_DIR --parts tests,bench    # again, some parts only
 
 The parts run in this order, each command under its own time limit and all inside one budget,
 and each part runs whatever happened to those before it:
@@ -144,7 +144,8 @@ def decode(check: Check, name: str, checkpoint: Path, *options: str) -> dict:
 
 def recipe(check: Check, result: dict) -> None:
     run_dir = check.scratch / "recipe"
-    # Setup (SentencePiece, CUDA), the last validation and four decodes need about 2.5 minutes.
+    # Setup (SentencePiece, CUDA), the last validation, averaging, three decodes and the plot
+    # need about 2.5 minutes on top of the training time.
     seconds = int(min(RECIPE_SECONDS, check.left() - 150))
     if seconds < 30:
         result["error"] = "no time left"
