@@ -24,6 +24,7 @@ import os
 import stat
 import sys
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import BinaryIO
@@ -195,6 +196,10 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _worker_died(e: BrokenProcessPool) -> int:
+    return _fail(f"--workers: a worker process stopped ({first_line(e)})")
+
+
 def _warn(message: str) -> None:
     tqdm.write(f"translate: warning: {message}", file=sys.stderr)
 
@@ -246,6 +251,8 @@ class LineTranslator:
         texts = [_decode(raw, n) for raw, n in zip(lines, linenos, strict=True)]
         try:
             results = self.translator.translate(texts, **self.options)
+        except BrokenProcessPool:
+            raise  # a worker died (out of memory?): no later line would be translated either
         except Exception:
             # Find the line that fails; every other line still gets its translation.
             results = [self._one(text, n) for text, n in zip(texts, linenos, strict=True)]
@@ -349,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         opened = open_translator(args, whole_file=not pipe)
     except ValueError as e:  # CheckpointError included
         return _fail(str(e))
+    except BrokenProcessPool as e:
+        return _worker_died(e)
     if args.plot_attention:
         args.plot_attention.mkdir(parents=True, exist_ok=True)
     try:
@@ -357,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
                 with open(args.output, "wb") as out:
                     return _run(args, translator, out)
             return _run(args, translator, sys.stdout.buffer)
+    except BrokenProcessPool as e:
+        return _worker_died(e)
     except OSError as e:
         if isinstance(e, BrokenPipeError):
             # The reader went away (e.g. `| head`): stop quietly, and keep Python's own

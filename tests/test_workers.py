@@ -4,6 +4,8 @@ line, with the same warnings and exit status; errors stay one line."""
 import functools
 import os
 import sys
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import nullcontext
 
 import pytest
 
@@ -144,3 +146,22 @@ def test_bad_workers_refused_in_one_line(value, capsys):
 def test_workers_auto_parses():
     args = decode.parse_args(["-m", "x", "--src", "s", "--ref", "r", "--workers", "auto"])
     assert args.workers == AUTO
+
+
+def test_a_worker_that_dies_loading_stops_the_pool():
+    with pytest.raises(BrokenProcessPool):  # not a hang: the others wait for it at a barrier
+        TranslatorPool(functools.partial(os._exit, 3), 2, 1)
+
+
+class _DeadPool:
+    def translate(self, texts, **options):
+        raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+
+
+def test_a_worker_that_dies_translating_is_one_error(mixed_file, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "open_translator", lambda *_, **__: nullcontext(_DeadPool()))
+    assert cli.main(["-m", "x.ckpt", "-i", str(mixed_file), "--workers", "2"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "translate: error: --workers: a worker process stopped "
+        "(A process in the process pool was terminated abruptly)"
+    )
