@@ -100,6 +100,18 @@ def test_nbest_scores_and_attention(client, decoding_val_sources):
     assert set(plain) == {"text", "truncated"}  # nothing that was not asked for
 
 
+def test_lone_surrogates_and_over_long_sentences(translator):
+    with _client(translator) as client:
+        # JSON may carry a lone surrogate; it is read as U+FFFD, as `translate` reads bad bytes.
+        body = b'{"text": ["Ein \\ud800 Hund.", "Ein \xef\xbf\xbd Hund."], "beam_size": 2}'
+        response = client.post("/v1/translate", content=body)
+        assert response.status_code == 200, response.text
+        first, second = response.json()["translations"]
+        assert first == second
+        long = _translate(client, ["ein Hund " * 400], beam_size=1)[0]
+        assert long["truncated"] is True
+
+
 GOOD = b'{"text": ["Ein Mann."]}'
 
 
