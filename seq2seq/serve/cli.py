@@ -127,8 +127,8 @@ def describe_models(translator: Translator, names: list[str]) -> dict:
 
 
 def _exit_zero(signum, frame):
-    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler
-    # that was there before it: this one, so that a requested stop ends with status 0.
+    # uvicorn shuts down gracefully on SIGTERM or SIGINT, then raises the signal again for the
+    # handler that was there before it: this one, so that a requested stop ends with status 0.
     raise SystemExit(0)
 
 
@@ -144,9 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     batcher = DynamicBatcher(translator, args.max_batch_tokens, args.max_wait_ms, args.max_queue)
     limits = Limits(**{name: getattr(args, name) for name in Limits.__dataclass_fields__})
     app = create_app(batcher, describe_models(translator, args.model), limits)
-    signal.signal(signal.SIGTERM, _exit_zero)
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-    except KeyboardInterrupt:
-        return 130
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, _exit_zero)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
