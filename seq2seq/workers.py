@@ -26,9 +26,9 @@ _load_error: Exception | None = None  # in a worker: why it has none
 
 
 def plan(workers: int | str, cores: int | None = None) -> tuple[int, int]:
-    """(processes, torch threads per process) for `--workers`, so that processes × threads does
-    not exceed `cores`: by default what torch would use in one process (the physical cores, or
-    OMP_NUM_THREADS)."""
+    """(processes, torch threads per process) for `--workers`: the `cores` shared out, at least
+    one thread each. `cores` is by default what torch uses in one process (the physical cores,
+    or OMP_NUM_THREADS)."""
     cores = torch.get_num_threads() if cores is None else cores
     processes = cores if workers == AUTO else workers
     return processes, max(1, cores // processes)
@@ -37,8 +37,10 @@ def plan(workers: int | str, cores: int | None = None) -> tuple[int, int]:
 def _start(load: Callable[[], Translator], threads: int, loaded) -> None:
     global _translator, _load_error
     # Ctrl-C reaches every process of the terminal's group: a worker ends at once and quietly
-    # (Python would print a traceback from each), and the parent reports the interrupt.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # (Python would print a traceback from each), and the parent reports the interrupt. A
+    # parent that ignores SIGINT (started in the background) passed that on: it stays so.
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
     torch.set_num_threads(threads)
     try:
         _translator = load()
