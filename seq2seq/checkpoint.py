@@ -61,6 +61,12 @@ def make_payload(
     }
 
 
+def readable_by_all(path: str | os.PathLike) -> None:
+    """rw-r--r--: a model file is for sharing, but the temporary files it is written through
+    (and safetensors' own writer) create it readable by its owner alone."""
+    os.chmod(path, 0o644)
+
+
 def save_model(
     path: str | os.PathLike,
     model: Seq2Seq,
@@ -82,6 +88,7 @@ def save_model(
             torch.save(checkpoint, f)
             f.flush()
             os.fsync(f.fileno())
+        readable_by_all(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -92,7 +99,7 @@ def save_model(
 _BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
 
-def _reason(error: BaseException, limit: int = 160) -> str:
+def error_reason(error: BaseException, limit: int = 160) -> str:
     """The informative first sentence of an exception, prefixed with its type."""
     lines = [line.strip() for line in str(error).splitlines()]
     lines = [line for line in lines if line and not line.startswith(_BOILERPLATE)]
@@ -100,7 +107,7 @@ def _reason(error: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _read(path: Path, map_location, mmap: bool = False) -> dict:
+def read_checkpoint(path: Path, map_location, mmap: bool = False) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
@@ -119,19 +126,21 @@ def _read(path: Path, map_location, mmap: bool = False) -> dict:
             ) from None
         raise CheckpointError(
             f"cannot load {path}: not a readable PyTorch file, truncated or corrupted "
-            f"({_reason(e)})"
+            f"({error_reason(e)})"
         ) from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("seq2seq"), dict):
         raise CheckpointError(f"{path}: not a seq2seq checkpoint (no 'seq2seq' entry)")
     return checkpoint
 
 
-def _tokenizer(path: Path, meta: dict, side: str, vocab_size: int | None = None) -> Tokenizer:
+def read_tokenizer(
+    path: Path, meta: dict, side: str, vocab_size: int | None = None
+) -> Tokenizer:
     try:
         tokenizer = Tokenizer(meta[f"{side}_spm"])
     except Exception as e:
         raise CheckpointError(
-            f"{path}: bad {side} SentencePiece model ({_reason(e)})"
+            f"{path}: bad {side} SentencePiece model ({error_reason(e)})"
         ) from None
     if vocab_size is not None and tokenizer.vocab_size != vocab_size:
         raise CheckpointError(
@@ -141,7 +150,7 @@ def _tokenizer(path: Path, meta: dict, side: str, vocab_size: int | None = None)
     return tokenizer
 
 
-def _load_weights(path: Path, model: Seq2Seq, state_dict: dict) -> None:
+def load_weights(path: Path, model: Seq2Seq, state_dict: dict) -> None:
     weights = {k[len(PREFIX) :]: v for k, v in state_dict.items() if k.startswith(PREFIX)}
     expected = model.state_dict()
     missing = sorted(expected.keys() - weights.keys())
@@ -174,7 +183,7 @@ def _load_weights(path: Path, model: Seq2Seq, state_dict: dict) -> None:
     model.tie_weights()  # assign=True gave each key its own tensor
 
 
-def _model_config(path: Path, meta: dict) -> tuple[ModelConfig, int, int]:
+def read_model_config(path: Path, meta: dict) -> tuple[ModelConfig, int, int]:
     """-> the model config and the source and target vocabulary sizes, any format."""
     version = meta.get("format")
     if version not in (1, FORMAT):
@@ -189,7 +198,7 @@ def _model_config(path: Path, meta: dict) -> tuple[ModelConfig, int, int]:
             sizes = meta["src_vocab_size"], meta["tgt_vocab_size"]
         config = ModelConfig(**config)
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: bad model config ({_reason(e)})") from None
+        raise CheckpointError(f"{path}: bad model config ({error_reason(e)})") from None
     for name, token_id in special_ids.items():
         if SPECIAL_IDS.get(name) != token_id:
             raise CheckpointError(
@@ -199,14 +208,14 @@ def _model_config(path: Path, meta: dict) -> tuple[ModelConfig, int, int]:
     return config, *sizes
 
 
-def _empty_model(path: Path, config: ModelConfig, src_vocab_size, tgt_vocab_size) -> Seq2Seq:
+def empty_model(path: Path, config: ModelConfig, src_vocab_size, tgt_vocab_size) -> Seq2Seq:
     """The model on the meta device: a hostile config (hidden size 2**40) must not allocate
     before its shapes are checked against the tensors the file really holds."""
     try:
         with torch.device("meta"):
             return Seq2Seq(config, src_vocab_size, tgt_vocab_size)
     except (RuntimeError, ValueError) as e:  # sizes past what a tensor can index, or bad sizes
-        raise CheckpointError(f"{path}: bad model config ({_reason(e)})") from None
+        raise CheckpointError(f"{path}: bad model config ({error_reason(e)})") from None
 
 
 def load_model(path: str | os.PathLike, map_location="cpu") -> LoadedModel:
@@ -217,20 +226,20 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> LoadedModel:
     if pretrained.is_pretrained(path):
         return pretrained.load_pretrained(path, map_location=map_location)
     path = Path(path)
-    checkpoint = _read(path, map_location)
+    checkpoint = read_checkpoint(path, map_location)
     meta = checkpoint["seq2seq"]
-    config, src_vocab_size, tgt_vocab_size = _model_config(path, meta)
+    config, src_vocab_size, tgt_vocab_size = read_model_config(path, meta)
     try:
         src_lang, tgt_lang = str(meta["src_lang"]), str(meta["tgt_lang"])
     except KeyError as e:
-        raise CheckpointError(f"{path}: bad model config ({_reason(e)})") from None
-    src_tokenizer = _tokenizer(path, meta, "src", src_vocab_size)
-    tgt_tokenizer = _tokenizer(path, meta, "tgt", tgt_vocab_size)
+        raise CheckpointError(f"{path}: bad model config ({error_reason(e)})") from None
+    src_tokenizer = read_tokenizer(path, meta, "src", src_vocab_size)
+    tgt_tokenizer = read_tokenizer(path, meta, "tgt", tgt_vocab_size)
     state_dict = checkpoint.get("state_dict")
     if not isinstance(state_dict, dict):
         raise CheckpointError(f"{path}: no 'state_dict' entry")
-    model = _empty_model(path, config, src_vocab_size, tgt_vocab_size)
-    _load_weights(path, model, state_dict)
+    model = empty_model(path, config, src_vocab_size, tgt_vocab_size)
+    load_weights(path, model, state_dict)
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     return LoadedModel(model.eval(), src_tokenizer, tgt_tokenizer, src_lang, tgt_lang)
@@ -240,9 +249,9 @@ def read_tokenizers(path: str | os.PathLike) -> tuple[Tokenizer, Tokenizer]:
     """The source and target SentencePiece models a checkpoint was trained with (one object
     twice when they are the same model). Memory-mapped: the weights are not read."""
     path = Path(path)
-    meta = _read(path, "cpu", mmap=True)["seq2seq"]
-    src = _tokenizer(path, meta, "src")
-    tgt = src if meta.get("tgt_spm") == meta.get("src_spm") else _tokenizer(path, meta, "tgt")
+    meta = read_checkpoint(path, "cpu", mmap=True)["seq2seq"]
+    src = read_tokenizer(path, meta, "src")
+    tgt = src if meta.get("tgt_spm") == meta.get("src_spm") else read_tokenizer(path, meta, "tgt")
     return src, tgt
 
 
@@ -251,7 +260,7 @@ def read_step(path: str | os.PathLike) -> int | None:
 
     Memory-mapped: the weights and optimizer state are mapped, not read, so this is quick.
     """
-    step = _read(Path(path), "cpu", mmap=True).get("global_step")
+    step = read_checkpoint(Path(path), "cpu", mmap=True).get("global_step")
     return step if isinstance(step, int) else None
 
 

@@ -25,12 +25,13 @@ from seq2seq.checkpoint import (
     PREFIX,
     CheckpointError,
     LoadedModel,
-    _empty_model,
-    _load_weights,
-    _model_config,
-    _reason,
-    _tokenizer,
+    empty_model,
+    error_reason,
+    load_weights,
     make_payload,
+    read_model_config,
+    read_tokenizer,
+    readable_by_all,
 )
 from seq2seq.hub_ids import looks_like_path
 from seq2seq.model import Seq2Seq
@@ -113,6 +114,7 @@ def save_pretrained(
         if k not in aliases
     }
     save_file(weights, folder / WEIGHTS_FILE, metadata={"format": "pt"})
+    readable_by_all(folder / WEIGHTS_FILE)
     return config
 
 
@@ -122,7 +124,7 @@ def _read_config(path: Path) -> dict:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({_reason(e)})") from None
+        raise CheckpointError(f"{path}: not valid JSON ({error_reason(e)})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: not a JSON object")
     for key, kind in _FOLDER_KEYS.items():
@@ -141,7 +143,7 @@ def _read_header(path: Path) -> dict[str, torch.Tensor]:
             header = {k: (f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in f.keys()}
     except (SafetensorError, OSError) as e:  # truncated, not safetensors, unreadable
         raise CheckpointError(
-            f"{path}: not a readable safetensors file, truncated or corrupted ({_reason(e)})"
+            f"{path}: not a readable safetensors file, truncated or corrupted ({error_reason(e)})"
         ) from None
     unknown = sorted(k for k, (_, dtype) in header.items() if dtype not in _DTYPES)
     if unknown:
@@ -155,7 +157,7 @@ def _read_header(path: Path) -> dict[str, torch.Tensor]:
 def _load_folder(folder: Path, map_location) -> LoadedModel:
     config_path = folder / CONFIG_FILE
     meta = _read_config(config_path)
-    config, src_vocab_size, tgt_vocab_size = _model_config(config_path, meta)
+    config, src_vocab_size, tgt_vocab_size = read_model_config(config_path, meta)
     tokenizers = {}
     for side, name in spm_files(meta["joint_vocabulary"]).items():
         spm_path = folder / name
@@ -163,8 +165,8 @@ def _load_folder(folder: Path, map_location) -> LoadedModel:
             raise CheckpointError(f"{spm_path}: missing from the model folder")
         size = src_vocab_size if side == "src" else tgt_vocab_size
         spm = {f"{side}_spm": spm_path.read_bytes()}
-        tokenizers[side] = _tokenizer(spm_path, spm, side, size)
-    model = _empty_model(config_path, config, src_vocab_size, tgt_vocab_size)
+        tokenizers[side] = read_tokenizer(spm_path, spm, side, size)
+    model = empty_model(config_path, config, src_vocab_size, tgt_vocab_size)
     weights_path = folder / WEIGHTS_FILE
     aliases = _aliases(model)
 
@@ -178,12 +180,13 @@ def _load_folder(folder: Path, map_location) -> LoadedModel:
     extra = sorted(stored.keys() & aliases.keys())
     if extra:
         raise CheckpointError(f"{weights_path}: unexpected {extra[0]} (a tied weight, stored once)")
-    _load_weights(weights_path, model, with_aliases(stored))  # still on the meta device
+    load_weights(weights_path, model, with_aliases(stored))  # still on the meta device
     try:
         tensors = load_file(weights_path)
     except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{weights_path}: cannot read the tensors ({_reason(e)})") from None
-    _load_weights(weights_path, model, with_aliases(tensors))
+        reason = error_reason(e)
+        raise CheckpointError(f"{weights_path}: cannot read the tensors ({reason})") from None
+    load_weights(weights_path, model, with_aliases(tensors))
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     return LoadedModel(
@@ -214,7 +217,7 @@ def _download(repo_id: str, revision: str | None) -> Path:
         ) from None
     except Exception as e:  # HTTP status, proxy, TLS: the transport's errors share no base
         raise CheckpointError(
-            f"{repo_id}: cannot download it from the hub ({_reason(e)})"
+            f"{repo_id}: cannot download it from the hub ({error_reason(e)})"
         ) from None
 
 
@@ -249,6 +252,6 @@ def push_to_hub(folder: str | os.PathLike, repo_id: str) -> str:
         )
     except Exception as e:  # offline, no token, no write access: all one line
         raise ConnectionError(
-            f"{repo_id}: cannot upload to the Hugging Face hub ({_reason(e)})"
+            f"{repo_id}: cannot upload to the Hugging Face hub ({error_reason(e)})"
         ) from None
     return str(url)

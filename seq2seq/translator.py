@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from seq2seq.checkpoint import load_model
+from seq2seq.checkpoint import LoadedModel, load_model
 from seq2seq.data.batching import source_tensors
 from seq2seq.data.corpus import clean
 from seq2seq.data.tokenizer import Tokenizer
@@ -71,15 +71,20 @@ class Translator:
         self.src_lang, self.tgt_lang = src_lang, tgt_lang  # e.g. "de", "en"; "" if unknown
 
     @classmethod
+    def from_loaded(cls, loaded: LoadedModel, device: torch.device | str = "cpu") -> "Translator":
+        """What `checkpoint.load_model` (or a folder, an ensemble) returned, on `device`."""
+        return cls(
+            loaded.model, loaded.src_tokenizer, loaded.tgt_tokenizer, device,
+            loaded.src_lang, loaded.tgt_lang,
+        )
+
+    @classmethod
     def from_checkpoint(
         cls, path: str | os.PathLike, device: torch.device | str = "cpu"
     ) -> "Translator":
         """Raises checkpoint.CheckpointError (one line) for a file that cannot be used."""
         loaded = load_model(path, map_location="cpu")
-        return cls(
-            loaded.model, loaded.src_tokenizer, loaded.tgt_tokenizer, device,
-            loaded.src_lang, loaded.tgt_lang,
-        )
+        return cls.from_loaded(loaded, device)
 
     @classmethod
     def from_pretrained(
@@ -94,10 +99,7 @@ class Translator:
         Raises checkpoint.CheckpointError (one line) for a folder or repo that cannot be used.
         """
         loaded = load_pretrained(path_or_repo_id, revision=revision, map_location="cpu")
-        return cls(
-            loaded.model, loaded.src_tokenizer, loaded.tgt_tokenizer, device,
-            loaded.src_lang, loaded.tgt_lang,
-        )
+        return cls.from_loaded(loaded, device)
 
     @classmethod
     def from_checkpoints(
@@ -112,10 +114,7 @@ class Translator:
         Raises checkpoint.CheckpointError (one line) for a file that cannot be used or joined.
         """
         loaded = load_ensemble(paths, map_location="cpu", combine=combine)
-        return cls(
-            loaded.model, loaded.src_tokenizer, loaded.tgt_tokenizer, device,
-            loaded.src_lang, loaded.tgt_lang,
-        )
+        return cls.from_loaded(loaded, device)
 
     def translate(
         self,

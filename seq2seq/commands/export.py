@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from seq2seq import model_card
-from seq2seq.checkpoint import CheckpointError, _read, load_model
+from seq2seq.checkpoint import CheckpointError, load_model, read_checkpoint
 from seq2seq.commands.average import average
 from seq2seq.data.corpus import CorpusError, read_lines
 from seq2seq.metrics import corpus_scores
@@ -41,7 +41,7 @@ def training_config(path: Path) -> dict | None:
             raise CheckpointError(f"{run_config}: not valid YAML ({e})") from None
     if not path.is_file():  # a model folder or a hub id
         return None
-    checkpoint = _read(path, "cpu", mmap=True)
+    checkpoint = read_checkpoint(path, "cpu", mmap=True)
     model, data = checkpoint.get("hyper_parameters"), checkpoint.get("datamodule_hyper_parameters")
     if model is None and data is None:
         return None
