@@ -105,12 +105,17 @@ def fail(error: Exception, status: int) -> NoReturn:
     sys.exit(status)
 
 
-def find_last_checkpoint(root: Path) -> str:
+def newest_last_checkpoint(root: Path) -> Path | None:
     """The newest `last.ckpt` below the run folder (each run logs into a new version)."""
-    candidates = sorted(root.glob("**/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
+    return max(root.glob("**/last.ckpt"), key=lambda p: p.stat().st_mtime, default=None)
+
+
+def find_last_checkpoint(root: Path) -> str:
+    """What `--ckpt_path last` resumes from; a CheckpointError when there is none."""
+    last = newest_last_checkpoint(root)
+    if last is None:
         raise CheckpointError(f"--ckpt_path last: no last.ckpt below {root}")
-    return str(candidates[-1])
+    return str(last)
 
 
 def print_next_steps(trainer) -> None:
@@ -118,18 +123,17 @@ def print_next_steps(trainer) -> None:
     commands that use them."""
     best = trainer.checkpoint_callback
     best_path = getattr(best, "best_model_path", "")
-    root = Path(trainer.default_root_dir)
-    last = sorted(root.glob("**/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not best_path and not last:
+    last = newest_last_checkpoint(Path(trainer.default_root_dir))
+    if not best_path and last is None:
         return
     lines = ["", "training stopped; next:"]
     if best_path:
         score = best.best_model_score
         score = f" ({best.monitor} {score.item():.2f})" if isinstance(score, torch.Tensor) else ""
         lines.append(f"  best checkpoint  {best_path}{score}")
-    if last:
-        lines.append(f"  last checkpoint  {last[-1]}  (resume: --ckpt_path last)")
-    model = best_path or last[-1]
+    if last is not None:
+        lines.append(f"  last checkpoint  {last}  (resume: --ckpt_path last)")
+    model = best_path or last
     lines += [
         f"  translate        echo 'Ein Satz.' | translate -m {model}",
         f"  watch            tensorboard --logdir {trainer.default_root_dir}",

@@ -115,8 +115,7 @@ class TranslationDataModule(L.LightningDataModule):
         self.val_examples = self._tokenize(val)
         self.task = TranslationTask(
             self.src_tokenizer, self.tgt_tokenizer, hp.src_lang, hp.tgt_lang,
-            joint_vocab=self.src_tokenizer is self.tgt_tokenizer
-            or self.src_tokenizer.model_proto == self.tgt_tokenizer.model_proto,
+            joint_vocab=self.src_tokenizer.model_proto == self.tgt_tokenizer.model_proto,
             val_sources=list(val["src"]), val_references=list(val["tgt"]),
         )
         log.info(
