@@ -27,8 +27,12 @@ def run_benchmark(*options: str) -> dict:
 
 
 def test_benchmark_reports_every_key_for_a_config():
-    result = run_benchmark("--config", "configs/tiny.yaml")
+    result = run_benchmark("--config", "configs/tiny.yaml", "--profile", "2")
     assert KEYS <= result.keys()
+    profile = result["profile"]  # two profiled steps, then the timed ones
+    assert profile["steps"] == 2 and profile["decoder_steps"] > 2
+    assert 0 < profile["matmul_share"] < 1
+    assert profile["top"][0]["share"] >= profile["top"][-1]["share"] > 0
     assert result["train_tokens_per_s"] > 0 and result["train_steps"] >= 1
     assert 0 < result["flop_utilization"] < 1
     assert result["decode"]["greedy"]["tokens"] > 0

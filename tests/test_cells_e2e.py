@@ -1,7 +1,10 @@
 """Every cell through the user's path: scripts/train.py on configs/tiny.yaml, a resume with
-`--ckpt_path last`, then greedy, beam and ensemble decoding from the checkpoints."""
+`--ckpt_path last`, then greedy, beam and ensemble decoding from the checkpoints; and DDP."""
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,24 @@ def test_checkpoint_from_before_cells_loads_as_the_plain_lstm(checkpoints, tmp_p
 
     expected = texts_and_scores(Translator.from_checkpoint(checkpoints["lstm"]))
     assert texts_and_scores(translator) == expected
+
+
+@pytest.mark.parametrize("name", sorted(set(RUNS) - {"lstm"}))  # lstm: test_train_resilience
+def test_ddp_two_cpu_processes(tmp_path, name):
+    """Two gloo processes train each cell: DDP refuses a parameter that gets no gradient, so a
+    cell whose parameters are not all used would fail at its second step."""
+    command = [
+        sys.executable, str(ROOT / "scripts" / "train.py"),
+        "--config", str(ROOT / "configs" / "tiny.yaml"), *RUNS[name],
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.limit_val_batches", "0",
+        "--trainer.enable_progress_bar", "false", "--data.train_lines", "300",
+        "--trainer.max_steps", "3", "--trainer.strategy", "ddp", "--trainer.devices", "2",
+        "--trainer.accelerator", "cpu",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (last,) = tmp_path.glob("**/checkpoints/last.ckpt")
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 3
+    assert checkpoint["seq2seq"]["model_config"]["cell"] == (name if name in CELLS else "lstm")

@@ -6,6 +6,7 @@
     seq2seq-benchmark --config configs/bench_m30k_2x512.yaml
     seq2seq-benchmark --model.decoder_layers 2 --data.max_tokens 4000   # any training option
     seq2seq-benchmark --json             # the last stdout line is one JSON object
+    seq2seq-benchmark --profile 5        # + where 5 training steps spend their time
     seq2seq-benchmark --accelerator gpu --trainer.precision bf16-mixed   # on a CUDA GPU
 
 (`python scripts/benchmark.py ...` is the same command.) Everything runs through the code a user
@@ -99,6 +100,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         help="training processes (DDP on CPU, gloo); each gets cores/processes threads unless "
         "OMP_NUM_THREADS or --threads says otherwise. Tokens/s are summed over them",
     )
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="STEPS",
+        help="profile this many training steps after warm-up (torch.profiler, untimed): time in "
+        "matrix products vs the rest, the costliest operations, operations per decoder step",
+    )
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--json", action="store_true", help="end with one line of JSON")
     args, training_options = parser.parse_known_args(argv)
@@ -106,6 +112,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         args.fixed_len = PEER_FIXED_LEN if args.peer else 0
     if args.warmup_steps < 1 or args.seconds <= 0 or args.sentences < 1 or args.fixed_len < 0:
         parser.error("need --warmup-steps >= 1, --seconds > 0, --sentences >= 1, --fixed-len >= 0")
+    if args.profile < 0:
+        parser.error(f"--profile must be 0 (off) or a number of steps, got {args.profile}")
     if args.processes < 1:
         parser.error(f"--processes must be at least 1, got {args.processes}")
     if args.accelerator == "gpu" and not torch.cuda.is_available():
@@ -263,12 +271,62 @@ class StepTimer(L.Callback):
         self.elapsed = float(trainer.strategy.reduce(elapsed, reduce_op="max"))
 
 
+# Operations that are matrix products (or the fused recurrence, which is mostly products): what
+# the FLOP count measures. Everything else is the per-step overhead worth cutting.
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_rnn_layer",
+              "aten::mkldnn_rnn_layer_backward", "aten::_addmm_activation")
+
+
+class StepProfiler(L.Callback):
+    """torch.profiler over training steps `first` .. `first + steps - 1` (forward, backward,
+    clipping, Adam), then a summary: self CPU time per operation, its share in matrix products,
+    and operator calls per decoder step (one decoder step = one target position of a batch)."""
+
+    def __init__(self, first: int, steps: int):
+        self.first, self.steps = first, steps
+        self.seen = self.decoder_steps = 0
+        self.profiler: torch.profiler.profile | None = None
+        self.summary: dict | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch: Batch, batch_idx) -> None:
+        self.seen += 1
+        if self.seen == self.first:
+            self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self.profiler.__enter__()
+        if self.profiler is not None:
+            self.decoder_steps += batch.tgt_in.size(1)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch: Batch, batch_idx) -> None:
+        if self.profiler is None or self.seen < self.first + self.steps - 1:
+            return
+        self.profiler.__exit__(None, None, None)
+        ops = [e for e in self.profiler.key_averages() if e.key.startswith("aten::")]
+        self.profiler = None
+        total = sum(e.self_cpu_time_total for e in ops)
+        matmul = sum(e.self_cpu_time_total for e in ops if e.key in MATMUL_OPS)
+        top = sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+        self.summary = {
+            "steps": self.steps,
+            "decoder_steps": self.decoder_steps,
+            "ms_per_step": round(total / 1e3 / self.steps, 1),
+            "matmul_share": round(matmul / total, 4),
+            "aten_calls_per_decoder_step": round(sum(e.count for e in ops) / self.decoder_steps, 1),
+            "top": [
+                {"op": e.key, "share": round(e.self_cpu_time_total / total, 4),
+                 "calls_per_decoder_step": round(e.count / self.decoder_steps, 2)}
+                for e in top
+            ],
+        }
+
+
 def train(options: list[str], args: argparse.Namespace, root: Path):
     """Trains the parsed config until the timer stops it
-    -> (module, datamodule, timer, precision)."""
+    -> (module, datamodule, timer, profile summary or None, precision, rank)."""
     config, module, datamodule = parse_config(options)
     L.seed_everything(config.seed_everything, verbose=False)
-    timer = StepTimer(args.warmup_steps, args.seconds)
+    # A profiled step runs slower: profiling comes right after warm-up, before the timed steps.
+    timer = StepTimer(args.warmup_steps + args.profile, args.seconds)
+    profiler = StepProfiler(args.warmup_steps + 1, args.profile) if args.profile else None
     trainer = L.Trainer(
         accelerator=args.accelerator,
         devices=args.processes,
@@ -284,13 +342,14 @@ def train(options: list[str], args: argparse.Namespace, root: Path):
         enable_model_summary=False,
         use_distributed_sampler=False,
         default_root_dir=root,
-        callbacks=[timer],
+        callbacks=[timer] + ([profiler] if profiler else []),
     )
     with contextlib.redirect_stdout(sys.stderr):  # stdout is for the table and the JSON
         trainer.fit(module, datamodule=datamodule)
     if timer.timed_steps == 0:
         raise SystemExit("benchmark: training ended before any step was timed")
-    return module, datamodule, timer, str(config.trainer.precision), trainer.global_rank
+    profile = profiler.summary if profiler else None
+    return module, datamodule, timer, profile, str(config.trainer.precision), trainer.global_rank
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -361,7 +420,7 @@ def run(args: argparse.Namespace, training_options: list[str]) -> dict | None:
             name = str(args.config)
         options = config_options(args, training_options, corpus)
         log(f"training {name}: {args.warmup_steps} warm-up steps + {args.seconds:g} s")
-        module, datamodule, timer, precision, rank = train(options, args, root / "run")
+        module, datamodule, timer, profile, precision, rank = train(options, args, root / "run")
     if rank != 0:
         return None
     gpu = args.accelerator == "gpu"
@@ -413,6 +472,8 @@ def run(args: argparse.Namespace, training_options: list[str]) -> dict | None:
         result[f"{name}_sents_per_s"] = figures["sents_per_s"]
         result[f"{name}_tokens_per_s"] = figures["tokens_per_s"]
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    if profile:
+        result["profile"] = profile
     return result
 
 
@@ -454,7 +515,20 @@ def table(r: dict) -> str:
                              f"{r['peak_mm_gflop_per_s_float32']:.0f} GFLOP/s float32, "
                              f"{r['peak_mm_gflop_per_s_bfloat16']:.0f} GFLOP/s bfloat16"),
     ]
-    return "\n".join(["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+    lines = ["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    if "profile" in r:
+        lines += ["", profile_table(r["profile"])]
+    return "\n".join(lines)
+
+
+def profile_table(p: dict) -> str:
+    head = (f"Profile of {p['steps']} training steps ({p['decoder_steps']} decoder steps): "
+            f"{p['ms_per_step']:,.0f} ms of operator time per step, "
+            f"{p['matmul_share']:.1%} in matrix products and the fused recurrence, "
+            f"{p['aten_calls_per_decoder_step']:,.0f} operator calls per decoder step")
+    rows = [f"| {t['op']} | {t['share']:.1%} | {t['calls_per_decoder_step']:g} |" for t in p["top"]]
+    return "\n".join([head, "", "| operation | self time | calls per decoder step |",
+                      "|---|---|---|", *rows])
 
 
 def quiet() -> None:
