@@ -188,10 +188,10 @@ class TranslationModule(L.LightningModule):
         self._last_step_end = None  # validation time is not training time
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        norms = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
-        if not norms:  # training_step skipped the batch (non-finite loss): nothing to step
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:  # training_step skipped the batch (non-finite loss): nothing to step
             return
-        self.log("train/grad_norm", torch.stack(norms).norm())
+        self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
 
     def configure_optimizers(self):
         hp = self.config

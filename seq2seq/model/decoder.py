@@ -29,7 +29,7 @@ class EncoderMemory(NamedTuple):
 
     values: torch.Tensor  # (B, S, C) encoder outputs
     keys: torch.Tensor  # (B, S, A) projected once per batch
-    mask: torch.Tensor  # (B, S) bool, True at real tokens
+    padding_bias: torch.Tensor  # (B, S) float32: BahdanauAttention.padding_bias of the mask
 
 
 class DecoderState(NamedTuple):
@@ -128,7 +128,9 @@ class DecoderLSTM(nn.Module):
 
         Returns the new per-layer states, context (B, C) and alphas (B, S).
         """
-        context, alphas = self.attention(states[-1][0], memory.keys, memory.values, memory.mask)
+        context, alphas = self.attention(
+            states[-1][0], memory.keys, memory.values, memory.padding_bias
+        )
         x_gates = torch.addmm(emb_gates, context, self.weight_ctx.t())  # (B, G*H)
         h = states[0][0] if h_masks[0] is None else states[0][0] * h_masks[0]
         new = [self.cell(x_gates, h @ self.weight_hh.t(), states[0])]

@@ -72,9 +72,10 @@ class Seq2Seq(nn.Module):
     ) -> tuple[EncoderMemory, DecoderState]:
         """src (B, S), src_lengths (B,) -> the memory to attend to and the initial state."""
         values, final = self.encoder(src, src_lengths)  # (B, S, C), (B, C)
-        mask = src != PAD_ID  # (B, S)
-        keys = self.decoder.attention.project_keys(values)  # (B, S, A)
-        return EncoderMemory(values, keys, mask), self.decoder.init_state(final)
+        attention = self.decoder.attention
+        keys = attention.project_keys(values)  # (B, S, A)
+        padding_bias = attention.padding_bias(src != PAD_ID)  # (B, S)
+        return EncoderMemory(values, keys, padding_bias), self.decoder.init_state(final)
 
     def forward(
         self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor

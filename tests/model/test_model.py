@@ -36,14 +36,15 @@ def test_attention_gives_padding_exactly_zero_weight_and_ignores_padded_values()
     mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] + [0] * 6], dtype=torch.bool)
     query = torch.randn(3, 8)
     keys = attention.project_keys(values)
-    context, alphas = attention(query, keys, values, mask)
+    bias = attention.padding_bias(mask)
+    context, alphas = attention(query, keys, values, bias)
     assert alphas.dtype == torch.float32
     assert torch.all(alphas[~mask] == 0)
     torch.testing.assert_close(alphas.sum(-1), torch.ones(3))
 
     changed = values.clone()
     changed[~mask] = torch.randn(int((~mask).sum()), 6) * 100
-    context2, alphas2 = attention(query, attention.project_keys(changed), changed, mask)
+    context2, alphas2 = attention(query, attention.project_keys(changed), changed, bias)
     assert torch.equal(alphas, alphas2)
     torch.testing.assert_close(context, context2, rtol=0, atol=1e-6)
 
@@ -55,7 +56,7 @@ def test_attention_masking_is_safe_under_low_precision(dtype):
     values = torch.randn(2, 5, 6, dtype=dtype)
     mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
     context, alphas = attention(torch.randn(2, 8, dtype=dtype), attention.project_keys(values),
-                                values, mask)
+                                values, attention.padding_bias(mask))
     assert torch.isfinite(context.float()).all() and torch.all(alphas[~mask] == 0)
 
 
