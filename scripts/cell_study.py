@@ -120,6 +120,18 @@ def report(names: list[str], out: Path, minutes: int) -> str:
     return "\n".join(rows)
 
 
+def summary(names: list[str], out: Path) -> str:
+    """One row per variant: its seeds' test2016 BLEU as mean and range, best-first."""
+    scores: dict[str, list[float]] = {}
+    for name in names:
+        scores.setdefault(name.rsplit("_s", 1)[0], []).append(decode(name, out)["bleu"])
+    rows = ["| variant | seeds | test2016 beam 5: mean | min – max |", "|---|---|---|---|"]
+    for variant, bleus in sorted(scores.items(), key=lambda kv: -sum(kv[1]) / len(kv[1])):
+        rows.append(f"| {variant} | {len(bleus)} | {sum(bleus) / len(bleus):.2f} | "
+                    f"{min(bleus):.2f} – {max(bleus):.2f} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="a folder for every run")
@@ -131,9 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         train(names, args.minutes, args.out)
-    table = report(names, args.out, args.minutes)
+    table = report(names, args.out, args.minutes) + "\n\n" + summary(names, args.out)
     (args.out / "table.md").write_text(table + "\n")
-    plot([Run(args.out / name) for name in names], args.out / "cell_study.png")
+    variants = [name.rsplit("_s", 1)[0] for name in names]  # a colour per variant
+    plot([Run(args.out / name) for name in names], args.out / "cell_study.png", variants)
     print(table)
     return 0
 

@@ -48,19 +48,29 @@ class Run:
         return max((series[-1][0] for series in self.points.values() if series), default=0.0)
 
 
-def plot(runs: list[Run], output: Path) -> None:
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def plot(runs: list[Run], output: Path, groups: list[str] | None = None) -> None:
+    """groups: one label per run; runs with the same label (the seeds of one setting) share a
+    colour and differ in line style. Default: every run its own colour."""
+    groups = groups or [run.name for run in runs]
+    colours = {group: f"C{i}" for i, group in enumerate(dict.fromkeys(groups))}
+    styles = [LINE_STYLES[groups[:i].count(group) % len(LINE_STYLES)]
+              for i, group in enumerate(groups)]
     hours = max(run.duration() for run in runs) > 2 * 3600
     unit, seconds_per_unit = ("hours", 3600) if hours else ("minutes", 60)
     figure = Figure(figsize=(8, 7), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(PANELS), 1, sharex=True)
     for ax, (tag, label) in zip(axes, PANELS.items(), strict=True):
-        for i, run in enumerate(runs):
+        for run, group, style in zip(runs, groups, styles, strict=True):
             times = [t / seconds_per_unit for t, _ in run.points[tag]]
             values = [v for _, v in run.points[tag]]
             # Validation is rare enough to show its points; loss is logged too often for that.
             marker = "o" if tag.startswith("val/") else None
-            ax.plot(times, values, color=f"C{i}", marker=marker, markersize=3, label=run.name)
+            ax.plot(times, values, color=colours[group], linestyle=style, marker=marker,
+                    markersize=3, label=run.name)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend()
