@@ -2,9 +2,9 @@
 forget-gate bias) changed, each for the same wall-clock time on one core, two runs side by side,
 then decode test2016 with beam 5 and write the README's table and plot.
 
-    python scripts/cell_study.py --minutes 20 --out runs/cell_study            # every run
-    python scripts/cell_study.py --minutes 20 --out runs/cell_study --runs gru_s1 lstm_s1
-    python scripts/cell_study.py --out runs/cell_study --report-only           # table + plot
+    python scripts/cell_study.py --out runs/cell_study12        # every run, 12 minutes each
+    python scripts/cell_study.py --out runs/cell_study12 --runs gru_s1 lstm_s1
+    python scripts/cell_study.py --out runs/cell_study12 --report-only   # table + plot
 
 A run whose folder already holds a `last.ckpt` is not trained again, so a stopped study goes on
 where it stopped. Seeds: three for the plain LSTM and for the two variants ahead of it in a first,
@@ -135,7 +135,9 @@ def summary(names: list[str], out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="a folder for every run")
-    parser.add_argument("--minutes", type=int, default=20, help="training time of each run")
+    parser.add_argument(
+        "--minutes", type=int, default=12, help="training time of each run (README's study: 12)"
+    )
     parser.add_argument("--runs", nargs="*", choices=sorted(runs()), help="default: all")
     parser.add_argument("--report-only", action="store_true", help="no training")
     args = parser.parse_args(argv)
