@@ -24,10 +24,13 @@ def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
 
 
 def corpus_scores(hypotheses: list[str], references: list[str]) -> dict:
-    """BLEU, chrF and TER with their signatures, all with sacreBLEU's default settings."""
+    """BLEU, chrF and TER with their signatures, all with sacreBLEU's default settings; and
+    "bleu_lc", BLEU on lowercased text (`sacrebleu -lc`, still 13a-tokenized), the figure most
+    papers on Multi30k report, so that a reader can set ours beside theirs."""
     _check(hypotheses, references)
     scores, signatures = {}, {}
-    for name, metric in (("bleu", BLEU()), ("chrf", CHRF()), ("ter", TER())):
+    metrics = {"bleu": BLEU(), "bleu_lc": BLEU(lowercase=True), "chrf": CHRF(), "ter": TER()}
+    for name, metric in metrics.items():
         scores[name] = metric.corpus_score(hypotheses, [references]).score
         signatures[name] = str(metric.get_signature())
     return {**scores, "signature": signatures}

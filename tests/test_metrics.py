@@ -16,6 +16,15 @@ def test_perfect_match():
     assert signature["bleu"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:")
     assert signature["chrf"].startswith("nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:")
     assert signature["ter"].startswith("nrefs:1|case:lc|tok:tercom|")
+    assert scores["bleu_lc"] == pytest.approx(100.0)
+    assert signature["bleu_lc"].startswith("nrefs:1|case:lc|eff:no|tok:13a|smooth:exp|version:")
+
+
+def test_lowercased_bleu_ignores_only_case():
+    hypotheses = [r.upper() for r in REFERENCES]
+    scores = corpus_scores(hypotheses, REFERENCES)
+    assert scores["bleu_lc"] == pytest.approx(100.0)
+    assert scores["bleu"] < 10
 
 
 def test_known_values():

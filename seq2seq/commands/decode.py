@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         args.output.write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
 
     scores = corpus_scores(hypotheses, references)
-    for name, label in (("bleu", "BLEU"), ("chrf", "chrF"), ("ter", "TER")):
+    labels = (("bleu", "BLEU"), ("chrf", "chrF"), ("ter", "TER"), ("bleu_lc", "BLEU lowercased"))
+    for name, label in labels:
         print(f"{label:<4} = {scores[name]:6.2f}  {scores['signature'][name]}")
     speed = len(sources) / max(seconds, 1e-9)
     print(f"{len(sources)} sentences in {seconds:.1f} s ({speed:.1f} sentences/s)")
