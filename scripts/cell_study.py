@@ -49,6 +49,11 @@ def runs() -> dict[str, list[str]]:
     }
 
 
+def variant_of(name: str) -> str:
+    """A run's name (`runs`' keys: variant_s<seed>) -> its variant."""
+    return name.rsplit("_s", 1)[0]
+
+
 def train(names: list[str], minutes: int, out: Path) -> None:
     """Two at a time, one core each: the recipes' arrangement."""
     pending = [n for n in names if not list((out / n).glob("**/last.ckpt"))]
@@ -124,7 +129,7 @@ def summary(names: list[str], out: Path) -> str:
     """One row per variant: its seeds' test2016 BLEU as mean and range, best-first."""
     scores: dict[str, list[float]] = {}
     for name in names:
-        scores.setdefault(name.rsplit("_s", 1)[0], []).append(decode(name, out)["bleu"])
+        scores.setdefault(variant_of(name), []).append(decode(name, out)["bleu"])
     rows = ["| variant | seeds | test2016 beam 5: mean | min – max |", "|---|---|---|---|"]
     for variant, bleus in sorted(scores.items(), key=lambda kv: -sum(kv[1]) / len(kv[1])):
         rows.append(f"| {variant} | {len(bleus)} | {sum(bleus) / len(bleus):.2f} | "
@@ -147,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         train(names, args.minutes, args.out)
     table = report(names, args.out, args.minutes) + "\n\n" + summary(names, args.out)
     (args.out / "table.md").write_text(table + "\n")
-    variants = [name.rsplit("_s", 1)[0] for name in names]  # a colour per variant
+    variants = [variant_of(name) for name in names]  # a colour per variant
     plot([Run(args.out / name) for name in names], args.out / "cell_study.png", variants)
     print(table)
     return 0

@@ -3,8 +3,7 @@ to Align and Translate", eq. 6): score(s, h_j) = v^T tanh(W s + U h_j).
 
 The module is stateless: `project_keys` turns encoder outputs into keys once per batch, and
 `padding_bias` the source mask into what masks the energies; the caller carries them (with the
-values) from step to step, so nothing about one batch
-survives into the next.
+values) from step to step, so nothing about one batch survives into the next.
 """
 
 import torch
