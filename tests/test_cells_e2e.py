@@ -54,7 +54,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 def test_checkpoint_records_the_cell_and_the_resumed_run_went_on(checkpoints, name):
     checkpoint = torch.load(checkpoints[name], map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 5
-    assert checkpoints[name].parent.parent.name == "version_1"  # the resumed run's folder
+    assert checkpoints[name].parent.parent.name == "version_0"  # the resumed run logs on there
     config = checkpoint["seq2seq"]["model_config"]
     expected = dict(zip(RUNS[name][::2], RUNS[name][1::2], strict=True))
     assert config["cell"] == expected.get("--model.cell", "lstm")

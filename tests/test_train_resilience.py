@@ -57,7 +57,9 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 
 def test_kill_9_mid_epoch_then_resume_continues_the_same_loss_curve(tmp_path):
-    steps = 40  # an epoch of the tiny config is ~45 batches: the kill lands mid-epoch
+    # An epoch of the tiny config is ~45 batches: the kill lands mid-epoch, and the resumed run
+    # must finish that epoch with the batches it had not seen, then start the next one.
+    steps = 60
     straight = tiny_config(tmp_path, "straight", False, max_steps=steps)
     run_train(straight)
     reference = losses(tmp_path / "straight")
@@ -84,6 +86,7 @@ def test_kill_9_mid_epoch_then_resume_continues_the_same_loss_curve(tmp_path):
     assert 10 <= saved_step < steps
 
     run_train(killed, "--ckpt_path", "last")
+    assert {p.parent.name for p in (tmp_path / "killed").glob("**/events.out.*")} == {"version_0"}
     resumed = losses(tmp_path / "killed")
     after = [s for s in sorted(resumed) if s >= saved_step]
     assert after == list(range(saved_step, steps)), "global step did not continue"
@@ -146,15 +149,20 @@ def test_bf16_mixed_precision_and_gradient_accumulation_train_on_cpu(tmp_path):
 def test_resume_keeps_the_checkpoints_sentencepiece_when_the_data_changed(tmp_path):
     """Resuming after the corpus changed: SentencePiece trained anew on it would give other ids
     (at the same vocabulary size); the resumed run must go on with the checkpoint's."""
-    config = tiny_config(tmp_path, "vocab", False, max_steps=4)
+    config = tiny_config(tmp_path, "vocab", True, max_steps=4, val_check_interval=2)
     run_train(config)
     (first,) = (tmp_path / "vocab").glob("**/checkpoints/last.ckpt")
     saved = torch.load(first, weights_only=True)["seq2seq"]
     run_train(config, "--ckpt_path", "last", "--trainer.max_steps", "6",
               "--data.train_lines", "1000")
-    (resumed,) = (tmp_path / "vocab").glob("**/version_1/checkpoints/last.ckpt")
+    # The resumed run went on in the same version folder, and its ModelCheckpoint still ranks
+    # the checkpoints saved before the stop.
+    (resumed,) = (tmp_path / "vocab").glob("**/checkpoints/last.ckpt")
+    assert resumed.parent.parent.name == "version_0"
     checkpoint = torch.load(resumed, weights_only=True)
     assert checkpoint["global_step"] == 6
+    (ranked,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert ranked["best_k_models"] and all(map(os.path.exists, ranked["best_k_models"]))
     assert checkpoint["seq2seq"]["src_spm"] == saved["src_spm"]
-    (spm,) = (tmp_path / "vocab").glob("**/version_1/spm.src.model")
+    (spm,) = (tmp_path / "vocab").glob("**/spm.src.model")
     assert spm.read_bytes() == saved["src_spm"]

@@ -10,6 +10,7 @@ shipped with the package is used; with one, only the files given are.
 """
 
 import sys
+import warnings
 from argparse import ArgumentError
 from pathlib import Path
 from typing import NoReturn
@@ -17,6 +18,7 @@ from typing import NoReturn
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from seq2seq.checkpoint import CheckpointError, read_tokenizers
 from seq2seq.data.corpus import CorpusError
@@ -84,9 +86,14 @@ def main(args: list[str] | None = None) -> None:
             # A resumed run tokenizes with the SentencePiece models it was trained with, even
             # if the corpus has changed since: its token ids must keep meaning the same pieces.
             cli.datamodule.use_tokenizers(*read_tokenizers(ckpt_path))
+            if cli.config.trainer.logger in (None, True):  # Lightning's default logger
+                log_into_version_of(cli.trainer, Path(ckpt_path))
         check_embedding_sharing(cli.model.config, cli.datamodule.hparams.joint_vocab)
     except (ArgumentError, ValueError, MisconfigurationException) as e:
         fail(e, status=2)
+    # Lightning warns that a mid-epoch resume is unreliable unless the DataLoader has a state;
+    # ours is restored by the data module (TranslationDataModule.state_dict), exactly.
+    warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before")
     error = None
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
@@ -106,7 +113,7 @@ def fail(error: Exception, status: int) -> NoReturn:
 
 
 def newest_last_checkpoint(root: Path) -> Path | None:
-    """The newest `last.ckpt` below the run folder (each run logs into a new version)."""
+    """The newest `last.ckpt` below the run folder (each new run logs into a new version)."""
     return max(root.glob("**/last.ckpt"), key=lambda p: p.stat().st_mtime, default=None)
 
 
@@ -116,6 +123,17 @@ def find_last_checkpoint(root: Path) -> str:
     if last is None:
         raise CheckpointError(f"--ckpt_path last: no last.ckpt below {root}")
     return str(last)
+
+
+def log_into_version_of(trainer, checkpoint: Path) -> None:
+    """Resuming from `<root>/lightning_logs/version_N/checkpoints/*.ckpt` logs on into version_N
+    rather than a new folder: TensorBoard shows one curve, and ModelCheckpoint, whose folder
+    stays the same, keeps its top-k and best checkpoint from before the stop (in a new folder it
+    would forget them, and the best 3 to average would be only those after the resume)."""
+    logs = Path(trainer.default_root_dir).resolve() / "lightning_logs"
+    version = checkpoint.resolve().parent.parent
+    if checkpoint.resolve().parent.name == "checkpoints" and version.parent == logs:
+        trainer.logger = TensorBoardLogger(save_dir=trainer.default_root_dir, version=version.name)
 
 
 def print_next_steps(trainer) -> None:

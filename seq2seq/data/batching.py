@@ -125,7 +125,10 @@ class TokenBatchSampler(Sampler[list[int]]):
         self.start_batch = self._position = state["start_batch"]
 
     def __len__(self) -> int:
-        return max(0, len(self._batches()) - self.start_batch)
+        # The whole epoch, also after load_state_dict: Lightning restores how many batches of the
+        # epoch have run and counts on from there, so the epoch ends after the skipped ones plus
+        # what __iter__ yields (a shorter length would end a resumed epoch early).
+        return len(self._batches())
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._batches()
