@@ -49,6 +49,23 @@ def test_attention_gives_padding_exactly_zero_weight_and_ignores_padded_values()
     torch.testing.assert_close(context, context2, rtol=0, atol=1e-6)
 
 
+def test_attention_weights_are_bahdanaus_softmax_of_v_tanh_ws_plus_uh():
+    torch.manual_seed(0)
+    attention = BahdanauAttention(query_size=8, value_size=6, attention_size=5)
+    values, query = torch.randn(3, 7, 6), torch.randn(3, 8)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5], dtype=torch.bool)
+    context, alphas = attention(query, attention.project_keys(values), values,
+                                attention.padding_bias(mask))
+    # eq. 6 written out: e_j = v^T tanh(W s + b + U h_j), softmax over the real positions
+    U, W, b = attention.key_layer.weight, attention.query_layer.weight, attention.query_layer.bias
+    v = attention.energy_layer.weight.squeeze(0)
+    scores = torch.tanh((query @ W.T + b).unsqueeze(1) + values @ U.T) @ v  # (B, S)
+    expected = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    torch.testing.assert_close(alphas, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(context, torch.einsum("bs,bsv->bv", expected, values),
+                               rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16])
 def test_attention_masking_is_safe_under_low_precision(dtype):
     torch.manual_seed(0)
