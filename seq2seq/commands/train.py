@@ -18,7 +18,6 @@ from typing import NoReturn
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from seq2seq.checkpoint import CheckpointError, read_tokenizers
 from seq2seq.data.corpus import CorpusError
@@ -130,10 +129,11 @@ def log_into_version_of(trainer, checkpoint: Path) -> None:
     rather than a new folder: TensorBoard shows one curve, and ModelCheckpoint, whose folder
     stays the same, keeps its top-k and best checkpoint from before the stop (in a new folder it
     would forget them, and the best 3 to average would be only those after the resume)."""
-    logs = Path(trainer.default_root_dir).resolve() / "lightning_logs"
-    version = checkpoint.resolve().parent.parent
-    if checkpoint.resolve().parent.name == "checkpoints" and version.parent == logs:
-        trainer.logger = TensorBoardLogger(save_dir=trainer.default_root_dir, version=version.name)
+    logger = trainer.logger
+    folder = checkpoint.resolve().parent
+    version = folder.parent
+    if folder.name == "checkpoints" and version.parent == Path(logger.root_dir).resolve():
+        trainer.logger = type(logger)(logger.save_dir, name=logger.name, version=version.name)
 
 
 def print_next_steps(trainer) -> None:
