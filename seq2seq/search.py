@@ -1,7 +1,9 @@
 """Greedy and batched beam search over the model's interface only.
 
 The model is used through `encode`, `decode_step`, `reorder_state` and `reorder_memory`, so
-search knows nothing about LSTMs or attention internals. Lengths count output tokens before EOS:
+search knows nothing about LSTMs or attention internals. Beam search keeps the state per beam
+and the memory per sentence: `decode_step` gets N*k state rows and N memory rows, the k beams
+of sentence i in rows i*k .. i*k + k - 1. Lengths count output tokens before EOS:
 EOS is blocked until `min_len` tokens exist and forced once `int(max_len_a * src_len +
 max_len_b)` do (src_len is the real source length, EOS included).
 
@@ -190,8 +192,8 @@ def beam_search(
     device = src.device
     max_lens = _max_lengths(src_lengths, max_len_a, max_len_b, min_len)  # (B,)
     memory, state = model.encode(src, src_lengths)
-    rows = torch.arange(batch, device=device).repeat_interleave(k)  # (Bk,)
-    memory, state = model.reorder_memory(memory, rows), model.reorder_state(state, rows)
+    # The state per beam (Bk rows), the memory per sentence (B rows): decode_step's contract.
+    state = model.reorder_state(state, torch.arange(batch, device=device).repeat_interleave(k))
 
     # Only the first beam is live at the start; the other k-1 copies would repeat it.
     beam_scores = torch.full((batch, k), -math.inf, device=device)  # (N, k) ranks candidates
@@ -241,8 +243,7 @@ def beam_search(
                 break
             alive, beam_scores = alive[keep], beam_scores[keep]
             parents, tokens = parents[keep], tokens[keep]
-            kept_rows = (sentence_rows[keep] + torch.arange(k, device=device)).view(-1)  # (N'k,)
-            memory = model.reorder_memory(memory, kept_rows)
+            memory = model.reorder_memory(memory, keep)
         parents, tokens = parents.view(-1), tokens.view(-1)  # (N'k,)
         token_log_probs = log_probs[parents, tokens]  # (N'k,)
         totals = totals[parents] + token_log_probs.double()

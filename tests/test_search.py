@@ -16,8 +16,8 @@ A, B, C = 4, 5, 6  # the table model's ordinary tokens
 class TableModel(nn.Module):
     """The search interface over a fixed bigram table: P(next | previous token) only.
 
-    The state is each row's previous token; the memory is the source mask; attention is uniform
-    over the real source tokens. It records the batch size of every step.
+    The state is each row's previous token; the memory is the source mask, one row per sentence;
+    attention is uniform over the real source tokens. It records the batch size of every step.
     """
 
     def __init__(self, probs: dict[int, dict[int, float]], vocab: int = 7):
@@ -34,8 +34,9 @@ class TableModel(nn.Module):
 
     def decode_step(self, prev_tokens, state, memory):
         self.step_sizes.append(prev_tokens.numel())
-        alphas = memory.float() / memory.sum(1, keepdim=True)  # (N, S)
-        return self.log_table[prev_tokens].clone(), prev_tokens, alphas
+        alphas = memory.float() / memory.sum(1, keepdim=True)  # (N, S): one per sentence
+        beams = prev_tokens.numel() // memory.size(0)  # its rows read it (decode_step's contract)
+        return self.log_table[prev_tokens].clone(), prev_tokens, alphas.repeat_interleave(beams, 0)
 
     @staticmethod
     def reorder_state(state, index):

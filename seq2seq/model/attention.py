@@ -47,21 +47,29 @@ class BahdanauAttention(nn.Module):
         values: torch.Tensor,
         padding_bias: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One attention read.
+        """One attention read for N sentences, each read by k consecutive query rows: k = 1 in
+        training and greedy search, the sentence's k beams in beam search, so that the memory is
+        held (and read) once per sentence rather than once per beam.
 
-        query  (B, query_size): the decoder state the read is conditioned on
-        keys   (B, S, attention_size): from `project_keys`
-        values (B, S, value_size): encoder outputs
-        padding_bias (B, S) float32: from `padding_bias`; every row has a real token
+        query  (N*k, query_size): the decoder states the reads are conditioned on
+        keys   (N, S, attention_size): from `project_keys`
+        values (N, S, value_size): encoder outputs
+        padding_bias (N, S) float32: from `padding_bias`; every row has a real token
 
-        Returns context (B, value_size) in the values' dtype and alphas (B, S) in float32.
+        Returns context (N*k, value_size) in the values' dtype and alphas (N*k, S) in float32.
         """
-        query = 2 * self.query_layer(query).unsqueeze(1)  # (B, 1, A)
-        # In place: the sum is needed only as the sigmoid's input (one (B, S, A) tensor, not two).
-        energies = 2 * self.energy_layer((keys + query).sigmoid_()).squeeze(2)  # (B, S)
+        sentences, _, attention_size = keys.shape
+        if query.size(0) % sentences:
+            raise ValueError(
+                f"{query.size(0)} attention queries cannot be split among {sentences} sentences"
+            )
+        query = 2 * self.query_layer(query).view(sentences, -1, 1, attention_size)  # (N, k, 1, A)
+        # In place: the sum is needed only as the sigmoid's input (one (N, k, S, A) tensor).
+        summed = (keys.unsqueeze(1) + query).sigmoid_()  # (N, k, S, A)
+        energies = 2 * self.energy_layer(summed).squeeze(3)  # (N, k, S)
         # Scores and softmax in float32, so that masking and normalisation are safe under
         # bf16/fp16 autocast.
-        energies = energies.float() + padding_bias
-        alphas = torch.softmax(energies, dim=-1)  # (B, S)
-        context = torch.bmm(alphas.unsqueeze(1).to(values.dtype), values).squeeze(1)  # (B, V)
-        return context, alphas
+        energies = energies.float() + padding_bias.unsqueeze(1)
+        alphas = torch.softmax(energies, dim=-1)  # (N, k, S)
+        context = torch.bmm(alphas.to(values.dtype), values)  # (N, k, V)
+        return context.flatten(0, 1), alphas.flatten(0, 1)

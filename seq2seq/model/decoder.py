@@ -25,7 +25,8 @@ from seq2seq.model.cells import (
 
 
 class EncoderMemory(NamedTuple):
-    """What the decoder attends to; made once per batch by `Seq2Seq.encode`."""
+    """What the decoder attends to; made once per batch by `Seq2Seq.encode`. One row per
+    sentence: beam search's k rows of a sentence all read that sentence's row."""
 
     values: torch.Tensor  # (B, S, C) encoder outputs
     keys: torch.Tensor  # (B, S, A) projected once per batch
@@ -124,7 +125,8 @@ class DecoderLSTM(nn.Module):
         h_masks: list[torch.Tensor | None],
     ) -> tuple[list[State], torch.Tensor, torch.Tensor]:
         """One decoder step from per-layer states (tuples of (B, H)) and emb_gates (B, G*H);
-        h_masks: per layer, the recurrent dropout mask (B, H) or None.
+        h_masks: per layer, the recurrent dropout mask (B, H) or None. The memory has B / k
+        rows: each is read by k consecutive rows (see `BahdanauAttention.forward`).
 
         Returns the new per-layer states, context (B, C) and alphas (B, S).
         """

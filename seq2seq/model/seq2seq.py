@@ -87,7 +87,11 @@ class Seq2Seq(nn.Module):
     def decode_step(
         self, prev_tokens: torch.Tensor, state: DecoderState, memory: EncoderMemory
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
-        """prev_tokens (B,) -> log_probs (B, V) in float32, the next state, alphas (B, S)."""
+        """prev_tokens (N*k,) -> log_probs (N*k, V) in float32, the next state, alphas (N*k, S).
+
+        The state has N*k rows and the memory N: rows i*k .. i*k + k - 1 read the memory's row
+        i (beam search's k beams of sentence i; k = 1 elsewhere), so a memory is never copied
+        per beam."""
         logits, state, alphas = self.decoder.step(prev_tokens, state, memory)
         return torch.log_softmax(logits.float(), dim=-1), state, alphas
 
@@ -98,7 +102,7 @@ class Seq2Seq(nn.Module):
 
     @staticmethod
     def reorder_memory(memory: EncoderMemory, index: torch.Tensor) -> EncoderMemory:
-        """Select batch rows `index` (N,) of the memory (B, S, ...) -> (N, S, ...)."""
+        """Select sentences `index` (N,) of the memory (B, S, ...) -> (N, S, ...)."""
         return EncoderMemory(*(t.index_select(0, index) for t in memory))
 
     def training_flops(self, src_tokens: int, tgt_tokens: int, pairs: int) -> float:

@@ -66,6 +66,23 @@ def test_attention_weights_are_bahdanaus_softmax_of_v_tanh_ws_plus_uh():
                                rtol=0, atol=1e-6)
 
 
+def test_k_queries_per_sentence_read_as_if_each_had_its_own_copy_of_the_memory():
+    # Beam search's k beams of a sentence share its one memory row (decode_step's contract).
+    torch.manual_seed(0)
+    attention = BahdanauAttention(query_size=8, value_size=6, attention_size=5)
+    values, k = torch.randn(3, 7, 6), 4
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5], dtype=torch.bool)
+    query = torch.randn(3 * k, 8)  # rows i*k .. i*k + k - 1 read sentence i
+    keys, bias = attention.project_keys(values), attention.padding_bias(mask)
+    context, alphas = attention(query, keys, values, bias)
+    rows = torch.arange(3).repeat_interleave(k)  # (3k,) each query's own copy
+    copied_context, copied_alphas = attention(query, keys[rows], values[rows], bias[rows])
+    torch.testing.assert_close(alphas, copied_alphas, rtol=0, atol=1e-6)
+    torch.testing.assert_close(context, copied_context, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="10 attention queries cannot be split among 3"):
+        attention(query[:10], keys, values, bias)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16])
 def test_attention_masking_is_safe_under_low_precision(dtype):
     torch.manual_seed(0)
