@@ -29,6 +29,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import BinaryIO
 
+import torch
 from tqdm import tqdm
 
 from seq2seq.checkpoint import CheckpointError
@@ -120,11 +121,43 @@ def add_decoding_options(parser: argparse.ArgumentParser, model_option: str) -> 
         help="translate a whole file (not a pipe) on N processes, the cores' threads shared "
         f"among them; {AUTO!r}: one process per core",
     )
-    parser.add_argument(
+    add_precision_options(parser)
+
+
+def add_precision_options(parser: argparse.ArgumentParser) -> None:
+    """--int8 or --bf16: what every command that decodes (translate, decode, serve, benchmark)
+    offers besides float32."""
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument(
         "--int8",
         action="store_true",
         help="int8 weights for the linear layers, on the CPU (needs torchao)",
     )
+    precision.add_argument(
+        "--bf16",
+        action="store_true",
+        help="matrix products in bfloat16 (autocast): fast on GPUs and on CPUs with amx_bf16 "
+        "or avx512_bf16 in lscpu, slow on others",
+    )
+
+
+def check_precision(args: argparse.Namespace, device: str) -> None:
+    """Raises ValueError (one line) for --int8 off the CPU: before a model is loaded."""
+    if args.int8 and device != "cpu":
+        raise ValueError(f"--int8 runs on the CPU only, not --device {device}")
+
+
+def set_precision(translator: Translator, args: argparse.Namespace) -> Translator:
+    """`translator` decoding as --int8 or --bf16 say. Raises ValueError (one line) without
+    torchao."""
+    if args.int8:
+        try:
+            translator.model = quantize_int8(translator.model)
+        except ImportError as e:
+            raise ValueError(str(e)) from None
+    if args.bf16:
+        translator.autocast_dtype = torch.bfloat16
+    return translator
 
 
 def search_options(args: argparse.Namespace) -> dict:
@@ -134,10 +167,9 @@ def search_options(args: argparse.Namespace) -> dict:
 
 
 def load_translator(args: argparse.Namespace) -> Translator:
-    """The parsed models on the parsed device, int8 if asked. Raises CheckpointError, or
-    ValueError naming the device or --int8: one line either way."""
-    if args.int8 and args.device != "cpu":
-        raise ValueError(f"--int8 runs on the CPU only, not --device {args.device}")
+    """The parsed models on the parsed device, int8 or bf16 if asked. Raises CheckpointError,
+    or ValueError naming the device or --int8: one line either way."""
+    check_precision(args, args.device)
     try:
         translator = Translator.from_checkpoints(
             args.model, device=args.device, combine=args.ensemble_combine
@@ -146,12 +178,7 @@ def load_translator(args: argparse.Namespace) -> Translator:
         raise
     except (RuntimeError, AssertionError, ValueError) as e:  # what torch raises for devices
         raise ValueError(f"cannot use device {args.device!r}: {first_line(e)}") from None
-    if args.int8:
-        try:
-            translator.model = quantize_int8(translator.model)
-        except ImportError as e:
-            raise ValueError(str(e)) from None
-    return translator
+    return set_precision(translator, args)
 
 
 def open_translator(

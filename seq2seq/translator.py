@@ -69,6 +69,10 @@ class Translator:
         self.src_tokenizer = src_tokenizer
         self.tgt_tokenizer = tgt_tokenizer
         self.src_lang, self.tgt_lang = src_lang, tgt_lang  # e.g. "de", "en"; "" if unknown
+        # torch.bfloat16: search runs under autocast, the matrix products in bfloat16 (fast on
+        # GPUs and CPUs with AMX or avx512_bf16); the model keeps float32 weights, states and
+        # log-probabilities. None: float32 throughout.
+        self.autocast_dtype: torch.dtype | None = None
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, device: torch.device | str = "cpu") -> "Translator":
@@ -149,12 +153,15 @@ class Translator:
                 max_len_a=max_len_a, max_len_b=max_len_b, length_penalty=length_penalty,
                 min_len=min_len,
             )
-            if beam_size == 1:
-                nbests = [[h] for h in greedy_search(self.model, src, src_lengths, **options)]
-            else:
-                nbests = beam_search(
-                    self.model, src, src_lengths, beam_size=beam_size, nbest=nbest, **options
-                )
+            with torch.autocast(
+                self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+            ):
+                if beam_size == 1:
+                    nbests = [[h] for h in greedy_search(self.model, src, src_lengths, **options)]
+                else:
+                    nbests = beam_search(
+                        self.model, src, src_lengths, beam_size=beam_size, nbest=nbest, **options
+                    )
             for i, source, hyps in zip(batch, src_ids, nbests, strict=True):
                 truncated = len(ids[i]) > max_src_len
                 results[i] = [self._result(h, source, truncated) for h in hyps]

@@ -36,11 +36,13 @@ def test_benchmark_reports_every_key_for_a_config():
     assert result["train_tokens_per_s"] > 0 and result["train_steps"] >= 1
     assert 0 < result["flop_utilization"] < 1
     assert result["decode"]["greedy"]["tokens"] > 0
+    assert result["decode_precision"] == "float32"
 
 
 def test_benchmark_peer_mode_has_one_piece_per_word_and_fixed_length_rows():
-    result = run_benchmark("--peer")
+    result = run_benchmark("--peer", "--bf16")
     assert KEYS <= result.keys()
+    assert result["decode_precision"] == "bfloat16" and result["precision"] == "32-true"
     assert result["pieces_per_word"] == 1.0
     assert result["model"]["encoder_hidden_size"] == 128  # OpenNMT-py: 256 over 2 directions
     # EOS blocked: exactly 30 tokens for each of the 20 sentences

@@ -8,6 +8,7 @@
     seq2seq-benchmark --json             # the last stdout line is one JSON object
     seq2seq-benchmark --profile 5        # + where 5 training steps spend their time
     seq2seq-benchmark --accelerator gpu --trainer.precision bf16-mixed   # on a CUDA GPU
+    seq2seq-benchmark --peer --bf16      # decode in bfloat16 (or --int8), as translate does
 
 (`python scripts/benchmark.py ...` is the same command.) Everything runs through the code a user
 runs: the config is parsed by the training CLI's parser (so any `--model.*`, `--data.*` or
@@ -16,7 +17,8 @@ runs: the config is parsed by the training CLI's parser (so any `--model.*`, `--
 `Translator.translate` decodes. Training speed is target tokens (non-pad `tgt_out`, EOS
 included) per second over `--seconds` of steps after `--warmup-steps` steps; decoding speed is
 sentences and output tokens (EOS excluded) per second. Decoding uses the weights trained here,
-so quality means nothing.
+so quality means nothing. Training runs in `--trainer.precision`; decoding in float32, or as
+`translate --int8` / `--bf16` does with those options.
 
 `--peer` rebuilds the peers kit's benchmark (OpenNMT-py, fairseq, Joey NMT): 20,000
 training lines of 5-30 words drawn from w0000..w1999, target = source reversed, 1,000 test
@@ -49,6 +51,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from seq2seq.cli import add_precision_options, check_precision, set_precision
 from seq2seq.commands.train import CONFIGS, DEFAULT_CONFIG, TrainCLI
 from seq2seq.data.batching import Batch
 from seq2seq.data.corpus import read_lines
@@ -107,6 +110,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     )
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--json", action="store_true", help="end with one line of JSON")
+    add_precision_options(parser)
     args, training_options = parser.parse_known_args(argv)
     if args.fixed_len is None:
         args.fixed_len = PEER_FIXED_LEN if args.peer else 0
@@ -118,6 +122,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         parser.error(f"--processes must be at least 1, got {args.processes}")
     if args.accelerator == "gpu" and not torch.cuda.is_available():
         parser.error("--accelerator gpu: torch sees no CUDA GPU here")
+    try:
+        check_precision(args, "cuda" if args.accelerator == "gpu" else "cpu")
+    except ValueError as e:
+        parser.error(str(e))
     return args, training_options
 
 
@@ -467,6 +475,11 @@ def run(args: argparse.Namespace, training_options: list[str]) -> dict | None:
     if args.peer:
         result["pieces_per_word"] = round(pieces_per_word(datamodule.tgt_tokenizer, test_texts), 4)
     translator = Translator(model, datamodule.src_tokenizer, datamodule.tgt_tokenizer, device)
+    try:
+        translator = set_precision(translator, args)
+    except ValueError as e:  # --int8 without torchao
+        raise SystemExit(f"benchmark: {e}") from None
+    result["decode_precision"] = "int8" if args.int8 else "bfloat16" if args.bf16 else "float32"
     result.update(decode_all(translator, args, test_texts, bool(args.peer)))
     for name, figures in result["decode"].items():
         result[f"{name}_sents_per_s"] = figures["sents_per_s"]
@@ -504,7 +517,8 @@ def table(r: dict) -> str:
                      f" after warm-up; {r['arrangement']})"),
     ]
     for name, d in r["decode"].items():
-        rows.append((f"decoding, {name}", f"**{d['sents_per_s']:,.1f} sentences/s**, "
+        rows.append((f"decoding ({r['decode_precision']}), {name}",
+                     f"**{d['sents_per_s']:,.1f} sentences/s**, "
                      f"{d['tokens_per_s']:,.0f} tokens/s ({d['seconds']:.2f} s, "
                      f"{d['tokens']:,} tokens, {r['decode_batch_sentences']} sentences/batch)"))
     rows += [

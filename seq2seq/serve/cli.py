@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import uvicorn
 
-from seq2seq.cli import _OneLineErrors, _positive_int, load_translator
+from seq2seq.cli import _OneLineErrors, _positive_int, add_precision_options, load_translator
 from seq2seq.ensemble import COMBINE, Ensemble
 from seq2seq.pretrained import CARD_FILE, is_hub_id
 from seq2seq.serve.app import create_app
@@ -50,9 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 listens on every interface")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:1")
-    parser.add_argument(
-        "--int8", action="store_true", help="int8 weights for the linear layers (needs torchao)"
-    )
+    add_precision_options(parser)
     parser.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's)")
     parser.add_argument(
         "--log-level", choices=("debug", "info", "warning", "error"), default="info",

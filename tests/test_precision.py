@@ -1,5 +1,6 @@
-"""--int8: torchao's dynamic int8 linear layers translate close to float32, on a copy of the
-model; its absence or a GPU is a one-line error."""
+"""Decoding below float32. --int8: torchao's dynamic int8 linear layers translate close to
+float32, on a copy of the model; its absence or a GPU is a one-line error. --bf16: search under
+bfloat16 autocast translates close to float32, scores stay float32."""
 
 import difflib
 import importlib.util
@@ -19,6 +20,18 @@ needs_torchao = pytest.mark.skipif(
 )
 
 MAX_CHANGED_TOKENS = 0.15  # of output tokens; the tiny model: ~5% greedy, ~12% beam 5 (near-ties)
+
+
+def changed_token_share(reference: list, other: list) -> float:
+    """Of the tokens of two decodes of the same inputs, the share that differ (edit blocks)."""
+    changed = total = 0
+    for a_nbest, b_nbest in zip(reference, other, strict=True):
+        a, b = a_nbest[0].tokens, b_nbest[0].tokens
+        matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+        changed += max(len(a), len(b)) - sum(block.size for block in matcher.get_matching_blocks())
+        total += max(len(a), len(b))
+    assert total > 0
+    return changed / total
 
 
 @needs_torchao
@@ -61,13 +74,7 @@ def test_int8_translates_close_to_float32(
     for model in (decoding_model, quantize_int8(decoding_model)):
         translator = Translator(model, decoding_tokenizer, decoding_tokenizer)
         outputs.append(translator.translate(decoding_val_sources, beam_size=beam_size))
-    changed = total = 0
-    for float32, int8 in zip(*outputs, strict=True):
-        a, b = float32[0].tokens, int8[0].tokens
-        matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
-        changed += max(len(a), len(b)) - sum(block.size for block in matcher.get_matching_blocks())
-        total += max(len(a), len(b))
-    assert total > 0 and changed / total <= MAX_CHANGED_TOKENS
+    assert changed_token_share(*outputs) <= MAX_CHANGED_TOKENS
 
 
 def test_int8_without_torchao_is_one_line(decoding_checkpoint, monkeypatch, capsys):
@@ -80,4 +87,44 @@ def test_int8_on_a_gpu_is_one_line(capsys):
     assert cli.main(["-m", "any.ckpt", "--int8", "--device", "cuda", "-i", __file__]) == 2
     assert capsys.readouterr().err == (
         "translate: error: --int8 runs on the CPU only, not --device cuda\n"
+    )
+
+
+@pytest.mark.parametrize("beam_size", [1, 5])
+def test_bf16_translates_close_to_float32(
+    decoding_model, decoding_tokenizer, decoding_val_sources, beam_size
+):
+    def scores(results: list) -> list[float]:
+        return [nbest[0].score for nbest in results]
+
+    translator = Translator(decoding_model, decoding_tokenizer, decoding_tokenizer)
+    float32 = translator.translate(decoding_val_sources, beam_size=beam_size)
+    translator.autocast_dtype = torch.bfloat16
+    bf16 = translator.translate(decoding_val_sources, beam_size=beam_size)
+    assert scores(bf16) != scores(float32)  # the products did run in bfloat16
+    assert torch.isfinite(torch.tensor(scores(bf16))).all()
+    assert changed_token_share(float32, bf16) <= MAX_CHANGED_TOKENS
+    # The weights stay float32: a float32 decode after it gives the float32 result again.
+    assert all(p.dtype == torch.float32 for p in decoding_model.parameters())
+    translator.autocast_dtype = None
+    again = translator.translate(decoding_val_sources, beam_size=beam_size)
+    assert scores(again) == scores(float32)
+
+
+def test_translate_bf16(decoding_checkpoint, tmp_path, capsys):
+    src, out = tmp_path / "in.de", tmp_path / "out.en"
+    src.write_text("Ein Mann fährt Fahrrad.\n\nZwei Hunde spielen im Schnee.\n")
+    assert cli.main(["-m", str(decoding_checkpoint), "--bf16", "-i", str(src), "-o", str(out)]) == 0
+    first, empty, last = out.read_text().splitlines()
+    assert first and empty == "" and last
+    assert capsys.readouterr().err == ""
+
+
+def test_int8_and_bf16_together_is_one_line(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["-m", "any.ckpt", "--int8", "--bf16"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (
+        "translate: error: argument --bf16: not allowed with argument --int8 "
+        "(see translate --help)\n"
     )
