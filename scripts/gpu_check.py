@@ -41,7 +41,8 @@ RECIPE_SECONDS = 120  # of training (Lightning's max_time); setup and decoding c
 RECIPE_ALPHA = "0.6"  # the de->en recipe's length penalty, chosen on the validation set
 GPU_DECODE_BATCH = "500"  # sentences: what a GPU decodes at once next to the default 64
 BENCH_SECONDS = 10  # timed training seconds of each benchmark run
-BENCH_RUNS = {"bf16-mixed": ["--trainer.precision", "bf16-mixed"], "32-true": []}  # in order
+# bf16: trained in bf16-mixed and decoded with --bf16; then float32 throughout. In this order.
+BENCH_RUNS = {"bf16-mixed": ["--trainer.precision", "bf16-mixed", "--bf16"], "32-true": []}
 PACKAGES = ("torch", "lightning", "datasets", "pyarrow", "jsonargparse", "sentencepiece",
             "sacrebleu")
 
@@ -144,9 +145,9 @@ def decode(check: Check, name: str, checkpoint: Path, *options: str) -> dict:
 
 def recipe(check: Check, result: dict) -> None:
     run_dir = check.scratch / "recipe"
-    # Setup (SentencePiece, CUDA), the last validation, averaging, three decodes and the plot
-    # need about 2.5 minutes on top of the training time.
-    seconds = int(min(RECIPE_SECONDS, check.left() - 150))
+    # Setup (SentencePiece, CUDA), the last validation, averaging, four decodes and the plot
+    # need about 2.75 minutes on top of the training time.
+    seconds = int(min(RECIPE_SECONDS, check.left() - 165))
     if seconds < 30:
         result["error"] = "no time left"
         return
@@ -184,6 +185,10 @@ def recipe(check: Check, result: dict) -> None:
     result[f"test_batch{GPU_DECODE_BATCH}"] = decode(
         check, f"test2016, {GPU_DECODE_BATCH} sentences a batch", final,
         "--batch-size", GPU_DECODE_BATCH,
+    )
+    result[f"test_batch{GPU_DECODE_BATCH}_bf16"] = decode(
+        check, f"test2016, {GPU_DECODE_BATCH} sentences a batch, --bf16", final,
+        "--batch-size", GPU_DECODE_BATCH, "--bf16",
     )
     check.run("curves", [
         sys.executable, "-m", "seq2seq.commands.plot_curves", run_dir,
@@ -289,7 +294,8 @@ def rows(report: dict) -> list[tuple[str, str]]:
             ("recipe val BLEU (s since start)", curve or "none"),
         ]
     for key, label in (("test_best", "best checkpoint"), ("test_average3", "average of 3"),
-                       (f"test_batch{GPU_DECODE_BATCH}", f"{GPU_DECODE_BATCH} a batch")):
+                       (f"test_batch{GPU_DECODE_BATCH}", f"{GPU_DECODE_BATCH} a batch"),
+                       (f"test_batch{GPU_DECODE_BATCH}_bf16", f"{GPU_DECODE_BATCH} a batch, bf16")):
         if key in r:
             d = r[key]
             out.append((f"test2016 beam 5, {label}", f"BLEU {d.get('bleu')}, chrF "
