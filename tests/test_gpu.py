@@ -12,6 +12,7 @@ import torch
 from seq2seq.commands import train
 from seq2seq.commands.plot_curves import Run
 from seq2seq.translator import Translator
+from tests.test_precision import MAX_CHANGED_TOKENS, changed_token_share
 
 pytestmark = [
     pytest.mark.gpu,
@@ -108,6 +109,20 @@ def test_cpu_checkpoint_translates_on_cuda(
     expected = Translator.from_checkpoint(decoding_checkpoint).translate(decoding_val_sources)
     cuda = Translator.from_checkpoint(decoding_checkpoint, device="cuda")
     assert_same(expected, cuda.translate(decoding_val_sources))
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_cuda_bf16_decodes_close_to_float32(
+    decoding_model, decoding_tokenizer, decoding_val_sources, search
+):
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip(f"{torch.cuda.get_device_name()} has no bfloat16")
+    cuda = on_cuda(decoding_model, decoding_tokenizer)
+    float32 = cuda.translate(decoding_val_sources, **SEARCHES[search])
+    cuda.autocast_dtype = torch.bfloat16
+    bf16 = cuda.translate(decoding_val_sources, **SEARCHES[search])
+    assert changed_token_share(float32, bf16) <= MAX_CHANGED_TOKENS
+    assert all(math.isfinite(h.score) for nbest in bf16 for h in nbest)
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
