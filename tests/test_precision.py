@@ -34,13 +34,13 @@ def changed_token_share(reference: list, other: list) -> float:
     return changed / total
 
 
-@needs_torchao
-def test_translate_int8_quietly(decoding_checkpoint, tmp_path, capsys):
-    # First in this file: torchao's import-time warnings (CUDA kernels a CPU wheel lacks) show
-    # only at the first import.
+@pytest.mark.parametrize("option", [pytest.param("--int8", marks=needs_torchao), "--bf16"])
+def test_translate_quietly(option, decoding_checkpoint, tmp_path, capsys):
+    # --int8 first in this file: torchao's import-time warnings (CUDA kernels a CPU wheel
+    # lacks) show only at the first import.
     src, out = tmp_path / "in.de", tmp_path / "out.en"
     src.write_text("Ein Mann fährt Fahrrad.\n\nZwei Hunde spielen im Schnee.\n")
-    assert cli.main(["-m", str(decoding_checkpoint), "--int8", "-i", str(src), "-o", str(out)]) == 0
+    assert cli.main(["-m", str(decoding_checkpoint), option, "-i", str(src), "-o", str(out)]) == 0
     first, empty, last = out.read_text().splitlines()
     assert first and empty == "" and last
     assert capsys.readouterr().err == ""
@@ -109,15 +109,6 @@ def test_bf16_translates_close_to_float32(
     translator.autocast_dtype = None
     again = translator.translate(decoding_val_sources, beam_size=beam_size)
     assert scores(again) == scores(float32)
-
-
-def test_translate_bf16(decoding_checkpoint, tmp_path, capsys):
-    src, out = tmp_path / "in.de", tmp_path / "out.en"
-    src.write_text("Ein Mann fährt Fahrrad.\n\nZwei Hunde spielen im Schnee.\n")
-    assert cli.main(["-m", str(decoding_checkpoint), "--bf16", "-i", str(src), "-o", str(out)]) == 0
-    first, empty, last = out.read_text().splitlines()
-    assert first and empty == "" and last
-    assert capsys.readouterr().err == ""
 
 
 def test_int8_and_bf16_together_is_one_line(capsys):
