@@ -149,13 +149,16 @@ def check_precision(args: argparse.Namespace, device: str) -> None:
 
 def set_precision(translator: Translator, args: argparse.Namespace) -> Translator:
     """`translator` decoding as --int8 or --bf16 say. Raises ValueError (one line) without
-    torchao."""
+    torchao, or for --bf16 on a GPU without bfloat16."""
     if args.int8:
         try:
             translator.model = quantize_int8(translator.model)
         except ImportError as e:
             raise ValueError(str(e)) from None
     if args.bf16:
+        device = translator.device
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"--bf16: {torch.cuda.get_device_name(device)} has no bfloat16")
         translator.autocast_dtype = torch.bfloat16
     return translator
 

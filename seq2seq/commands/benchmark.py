@@ -477,7 +477,7 @@ def run(args: argparse.Namespace, training_options: list[str]) -> dict | None:
     translator = Translator(model, datamodule.src_tokenizer, datamodule.tgt_tokenizer, device)
     try:
         translator = set_precision(translator, args)
-    except ValueError as e:  # --int8 without torchao
+    except ValueError as e:  # --int8 without torchao, --bf16 on a GPU without it
         raise SystemExit(f"benchmark: {e}") from None
     result["decode_precision"] = "int8" if args.int8 else "bfloat16" if args.bf16 else "float32"
     result.update(decode_all(translator, args, test_texts, bool(args.peer)))
