@@ -171,7 +171,7 @@ def search_options(args: argparse.Namespace) -> dict:
 
 def load_translator(args: argparse.Namespace) -> Translator:
     """The parsed models on the parsed device, int8 or bf16 if asked. Raises CheckpointError,
-    or ValueError naming the device or --int8: one line either way."""
+    or ValueError naming the device, --int8 or --bf16: one line either way."""
     check_precision(args, args.device)
     try:
         translator = Translator.from_checkpoints(
