@@ -5,7 +5,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from seq2seq.data.batching import collate
@@ -57,16 +58,25 @@ class TranslationSamples(L.Callback):
 
 class LastCheckpoint(Checkpoint):
     """Keeps `last.ckpt` current, so that a killed run loses little: every `every_n_steps`
-    optimizer steps, after each validation, at the end, and on SIGTERM or Ctrl-C. Each save
-    goes to a temporary file that is then renamed, so a crash mid-save leaves the previous
-    `last.ckpt` intact. Being a `Checkpoint`, Lightning runs it after the callbacks it lists
-    earlier, so the best-checkpoint bookkeeping it stores is already updated."""
+    optimizer steps, after each validation, when training stops, and on SIGTERM or Ctrl-C. Each
+    save goes to a temporary file that is then renamed, so a crash mid-save leaves the previous
+    `last.ckpt` intact.
+
+    A resumed run must know what the validation before the save did. The learning-rate
+    scheduler steps in the module's `on_validation_epoch_end`, before this hook. ModelCheckpoint
+    and EarlyStopping must act in `on_validation_end` too, where Lightning runs this `Checkpoint`
+    after them; by default they act at the end of the training epoch when validation runs once
+    an epoch, which comes after the save: `setup` refuses that. A run that stops mid-epoch is
+    saved before Lightning counts the unfinished epoch as done, which would skip its rest."""
 
     def __init__(self, every_n_steps: int = 500):
         if every_n_steps <= 0:
             raise ValueError(f"LastCheckpoint.every_n_steps must be > 0, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self._saved_step = -1
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        check_validation_callbacks(trainer.callbacks)
 
     @staticmethod
     def path(trainer: L.Trainer) -> Path:
@@ -77,7 +87,7 @@ class LastCheckpoint(Checkpoint):
         return Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
 
     def save(self, trainer: L.Trainer) -> None:
-        if trainer.global_step == self._saved_step or trainer.sanity_checking:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         final = self.path(trainer) / "last.ckpt"
         partial = final.with_name("last.ckpt.partial")
@@ -88,16 +98,42 @@ class LastCheckpoint(Checkpoint):
         self._saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step % self.every_n_steps == 0:
+        stops = trainer.should_stop or 0 <= trainer.max_steps <= trainer.global_step
+        # With gradient accumulation one step spans several batches: save it once.
+        if (trainer.global_step % self.every_n_steps == 0 or stops) and (
+            trainer.global_step != self._saved_step
+        ):
             self.save(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         self.save(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.save(trainer)
+        # Only a run that ended with its epoch (max_epochs, no validation) has steps unsaved here.
+        if trainer.global_step != self._saved_step:
+            self.save(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         # After a NonFiniteLossError the weights are sound: the bad batches were skipped.
         if isinstance(exception, KeyboardInterrupt | SIGTERMException | NonFiniteLossError):
             self.save(trainer)
+
+
+def check_validation_callbacks(callbacks: list[L.Callback]) -> None:
+    """With a LastCheckpoint among `callbacks`: a ValueError naming the key if a ModelCheckpoint
+    or an EarlyStopping would act at the end of the training epoch, after LastCheckpoint has
+    saved the validation before it (LastCheckpoint says why that matters)."""
+    if not any(isinstance(callback, LastCheckpoint) for callback in callbacks):
+        return
+    flags = {ModelCheckpoint: "save_on_train_epoch_end", EarlyStopping: "check_on_train_epoch_end"}
+    late = [
+        f"{type(callback).__name__}: set {flag}: false"
+        for callback in callbacks
+        for kind, flag in flags.items()
+        if isinstance(callback, kind) and getattr(callback, f"_{flag}") is not False
+    ]
+    if late:
+        raise ValueError(
+            "LastCheckpoint saves after each validation, so the callbacks that react to one "
+            f"must act right after it, not at the end of the epoch: {'; '.join(late)}"
+        )

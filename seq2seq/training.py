@@ -10,6 +10,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 
 from seq2seq.checkpoint import make_payload
 from seq2seq.data.batching import Batch
@@ -205,6 +206,11 @@ class TranslationModule(L.LightningModule):
             "lr_scheduler": {"scheduler": plateau, "monitor": "val/bleu", "strict": False},
         }
 
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        """Not here: Lightning would step the plateau scheduler at the end of each training
+        epoch (however many validations it held, and not in the epoch a resumed run restarts
+        in); `on_validation_epoch_end` steps it after each validation, as lr_patience counts."""
+
     # ----------------------------------------------------------------- validation
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         loss_sum, tokens = self._loss(batch, 0.0)
@@ -235,6 +241,8 @@ class TranslationModule(L.LightningModule):
         self.log("val/loss", val_loss, sync_dist=False)
         self.log("val/ppl", math.exp(min(val_loss, 50.0)), sync_dist=False)
         self.log("val/bleu", score, prog_bar=True, sync_dist=False)
+        if self.trainer.state.fn == TrainerFn.FITTING:
+            self.lr_schedulers().step(score)  # every rank: each has the whole score
         log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks
         if not self.trainer.is_global_zero:
             return

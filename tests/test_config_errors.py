@@ -43,6 +43,14 @@ CASES = {
                                     "init_args": {"every_n_steps": 0}}]}},
         "every_n_steps",
     ),
+    "a ModelCheckpoint that ranks after last.ckpt is saved": (
+        {"trainer": {"callbacks": [
+            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+             "init_args": {"monitor": "val/bleu", "mode": "max"}},
+            {"class_path": "seq2seq.callbacks.LastCheckpoint"},
+        ]}},
+        "ModelCheckpoint: set save_on_train_epoch_end: false",
+    ),
 }
 
 

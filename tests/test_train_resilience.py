@@ -13,8 +13,10 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from seq2seq.callbacks import LastCheckpoint
 from seq2seq.data.datamodule import TranslationDataModule
 from seq2seq.training import TrainingConfig, TranslationModule
 
@@ -166,3 +168,120 @@ def test_resume_keeps_the_checkpoints_sentencepiece_when_the_data_changed(tmp_pa
     assert checkpoint["seq2seq"]["src_spm"] == saved["src_spm"]
     (spm,) = (tmp_path / "vocab").glob("**/spm.src.model")
     assert spm.read_bytes() == saved["src_spm"]
+
+
+# --- stop and resume in this process: what `last.ckpt` holds, and where the resumed run goes ---
+
+
+class LossByStep(L.Callback):
+    """Each optimizer step's training loss, and the examples of each epoch in batch order."""
+
+    def __init__(self):
+        self.loss, self.epochs = {}, {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.loss[trainer.global_step] = outputs["loss"].item()
+        self.epochs.setdefault(trainer.current_epoch, []).extend(batch.index.tolist())
+
+
+class StopAtStep(L.Callback):
+    """Stops training after the given step, as Lightning's Timer does when max_time runs out."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        trainer.should_stop = trainer.should_stop or trainer.global_step >= self.step
+
+
+def fit_tiny(root: Path, lr_patience: int, *callbacks, ckpt_path=None, **limits) -> dict:
+    """The tiny config on 400 sentences (13 steps an epoch), validated once an epoch, with the
+    recipes' callbacks; -> the trainer's state when fit returns."""
+    settings = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    settings["data"]["train_lines"] = 400
+    settings["model"].update(lr_patience=lr_patience, val_max_len_b=20)
+    L.seed_everything(1234)
+    ranking = ModelCheckpoint(monitor="val/bleu", mode="max", save_top_k=2,
+                              filename="best-{step}", save_on_train_epoch_end=False)
+    stopping = EarlyStopping(monitor="val/bleu", mode="max", patience=20,
+                             check_on_train_epoch_end=False)
+    losses_ = LossByStep()
+    trainer = L.Trainer(
+        accelerator="cpu", default_root_dir=root, val_check_interval=1.0, logger=False,
+        num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
+        use_distributed_sampler=False,
+        callbacks=[losses_, ranking, stopping, LastCheckpoint(every_n_steps=1000), *callbacks],
+        **limits,
+    )
+    trainer.fit(TranslationModule(TrainingConfig(**settings["model"])),
+                TranslationDataModule(**settings["data"]), ckpt_path=ckpt_path)
+    return {
+        "step": trainer.global_step,
+        "best": sorted(Path(p).name for p in ranking.best_k_models),
+        "wait": stopping.wait_count,
+        "best_score": stopping.best_score.item(),
+        "scheduler": trainer.lr_scheduler_configs[0].scheduler.state_dict(),
+        "lr": trainer.optimizers[0].param_groups[0]["lr"],
+        "loss": losses_.loss,
+        "epochs": losses_.epochs,
+    }
+
+
+def saved_state(root: Path) -> dict:
+    (last,) = root.glob("**/last.ckpt")
+    checkpoint = torch.load(last, weights_only=True)
+    (ranking,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    (stopping,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("EarlyStopping")]
+    return {
+        "step": checkpoint["global_step"],
+        "best": sorted(Path(p).name for p in ranking["best_k_models"]),
+        "wait": stopping["wait_count"],
+        "best_score": stopping["best_score"].item(),
+        "scheduler": checkpoint["lr_schedulers"][0],
+        "lr": checkpoint["optimizer_states"][0]["param_groups"][0]["lr"],
+    }
+
+
+def best_files(root: Path) -> list[str]:
+    return sorted(p.name for p in root.glob("**/best-*.ckpt"))
+
+
+@pytest.mark.parametrize("stop", ["max_time", "max_steps"])
+def test_a_stop_mid_epoch_saves_all_it_did_and_the_resumed_run_goes_on(tmp_path, stop):
+    # max_time stops after a step and validates; max_steps stops without validating.
+    how = ((StopAtStep(17),), {}) if stop == "max_time" else ((), {"max_steps": 17})
+    # lr_patience 100: the validation at a max_time stop, which an unstopped run does not have,
+    # must not change the learning rate, so that the two loss curves can be compared.
+    straight = fit_tiny(tmp_path / "straight", 100, max_epochs=3)
+    stopped = fit_tiny(tmp_path / "stopped", 100, *how[0], max_epochs=3, **how[1])
+    assert stopped["step"] == 17
+    saved = saved_state(tmp_path / "stopped")
+    assert saved == {k: stopped[k] for k in saved}, "last.ckpt lags the trainer"
+    assert ("best-step=17.ckpt" in best_files(tmp_path / "stopped")) == (stop == "max_time")
+
+    resumed = fit_tiny(tmp_path / "stopped", 100, ckpt_path="last", max_epochs=3)
+    assert resumed["step"] == straight["step"] == 39  # the rest of epoch 2, then epoch 3
+    assert sorted(resumed["loss"]) == list(range(18, 40))
+    for step, loss in resumed["loss"].items():
+        assert loss == pytest.approx(straight["loss"][step], abs=1e-6), step
+    # The checkpoint ranked at the stop is still ranked: no file is left untracked.
+    assert best_files(tmp_path / "stopped") == resumed["best"]
+
+
+def test_a_run_ended_at_an_epoch_end_resumes_into_the_run_it_would_have_been(tmp_path):
+    # lr_patience 0: the learning rate halves at every validation without a new best, so a
+    # scheduler step lost or doubled across the resume shows in the loss.
+    straight = fit_tiny(tmp_path / "straight", 0, max_epochs=3)
+    ended = fit_tiny(tmp_path / "ended", 0, max_epochs=1)
+    saved = saved_state(tmp_path / "ended")
+    assert saved == {k: ended[k] for k in saved}
+    resumed = fit_tiny(tmp_path / "ended", 0, ckpt_path="last", max_epochs=3)
+    assert sorted(resumed["loss"]) == list(range(14, 40))
+    for step, loss in resumed["loss"].items():
+        assert loss == pytest.approx(straight["loss"][step], abs=1e-6), step
+    for key in ("best", "wait", "best_score", "scheduler", "lr"):
+        assert resumed[key] == straight[key], key
+    assert best_files(tmp_path / "ended") == resumed["best"]
+    # Each epoch sees every sentence once, in an order of its own.
+    first, *others = straight["epochs"].values()
+    assert all(sorted(epoch) == sorted(first) and epoch != first for epoch in others)

@@ -19,6 +19,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
+from seq2seq.callbacks import check_validation_callbacks
 from seq2seq.checkpoint import CheckpointError, read_tokenizers
 from seq2seq.data.corpus import CorpusError
 from seq2seq.data.datamodule import TranslationDataModule
@@ -88,6 +89,7 @@ def main(args: list[str] | None = None) -> None:
             if cli.config.trainer.logger in (None, True):  # Lightning's default logger
                 log_into_version_of(cli.trainer, Path(ckpt_path))
         check_embedding_sharing(cli.model.config, cli.datamodule.hparams.joint_vocab)
+        check_validation_callbacks(cli.trainer.callbacks)
     except (ArgumentError, ValueError, MisconfigurationException) as e:
         fail(e, status=2)
     # Lightning warns that a mid-epoch resume is unreliable unless the DataLoader has a state;

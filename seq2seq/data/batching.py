@@ -112,6 +112,14 @@ class TokenBatchSampler(Sampler[list[int]]):
             self.start_batch = self._position = 0
         self.epoch = epoch
 
+    @property
+    def sampler(self) -> "TokenBatchSampler":
+        """Lightning calls `set_epoch` at each epoch start on `loader.sampler` and on
+        `loader.batch_sampler.sampler` (where PyTorch's BatchSampler keeps its index sampler),
+        never on a batch sampler itself: without this, every epoch would repeat the batches of
+        the first, in the same order."""
+        return self
+
     def state_dict(self) -> dict:
         """Where this rank is: the epoch and how many of its batches `__iter__` has yielded.
 
