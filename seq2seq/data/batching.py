@@ -55,10 +55,13 @@ class TokenBatchSampler(Sampler[list[int]]):
     whichever is longer: the number of tokens the padded tensors hold. Lengths are raw id counts.
     An evaluation example longer than the budget makes a batch of its own.
 
-    shuffle=True: a fresh permutation each epoch (seeded by seed + epoch), sorted by row size
-    within pools of about 100 batches (similar lengths, little padding), the batches then
-    shuffled. shuffle=False: sorted by (src_len, tgt_len, index), the same every epoch, for
-    validation and test, whose results go back in order by `Batch.index`.
+    shuffle=True: the examples are packed once, as fairseq does: a seeded permutation, sorted by
+    row size within pools of about 100 batches (similar lengths, little padding). Each epoch
+    then runs those batches in an order of its own (seeded by seed + epoch). The batches stay
+    the same so that every epoch has as many steps as the first, which Lightning counts on: with
+    `val_check_interval: 1.0` it validates after that many batches of each epoch.
+    shuffle=False: sorted by (src_len, tgt_len, index), for validation and test, whose results
+    go back in order by `Batch.index`.
 
     With num_replicas > 1 every rank computes the same global batch list and takes every
     num_replicas-th batch, after the largest batches are split until the count divides evenly:
@@ -105,6 +108,7 @@ class TokenBatchSampler(Sampler[list[int]]):
         self.epoch = 0
         self.start_batch = 0  # batches the next __iter__ skips (set by load_state_dict)
         self._position = 0  # batches of this epoch handed out so far, skipped ones included
+        self._packed: list[list[int]] | None = None  # every rank's batches, packed once
         self._cache: tuple[int, list[list[int]]] | None = None  # (epoch, this rank's batches)
 
     def set_epoch(self, epoch: int) -> None:
@@ -147,22 +151,29 @@ class TokenBatchSampler(Sampler[list[int]]):
             yield batch
 
     def _batches(self) -> list[list[int]]:
+        """This rank's batches of the current epoch, in order."""
         if self._cache is None or self._cache[0] != self.epoch:
-            self._cache = (self.epoch, self._shard(self._global_batches()))
+            if self._packed is None:
+                self._packed = self._even(self._global_batches())
+            order = range(len(self._packed))
+            if self.shuffle:
+                generator = torch.Generator().manual_seed(self.seed + self.epoch)
+                order = torch.randperm(len(self._packed), generator=generator).tolist()
+            epoch = [self._packed[i] for i in order]
+            self._cache = (self.epoch, epoch[self.rank :: self.num_replicas])
         return self._cache[1]
 
     def _global_batches(self) -> list[list[int]]:
         n = len(self.sizes)
         if not self.shuffle:  # a stable sort: ties stay in index order
             return self._pack(sorted(range(n), key=self._eval_key.__getitem__))
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        generator = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(n, generator=generator).tolist()
         batches = []
         for start in range(0, n, self.pool_size):
             pool = sorted(order[start : start + self.pool_size], key=self._train_key.__getitem__)
             batches += self._pack(pool)
-        # Otherwise every pool would run from short to long sentences.
-        return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        return batches
 
     def _pack(self, indices: list[int]) -> list[list[int]]:
         """Greedily cut length-sorted indices into batches within the token budget."""
@@ -177,7 +188,7 @@ class TokenBatchSampler(Sampler[list[int]]):
             batches.append(batch)
         return batches
 
-    def _shard(self, batches: list[list[int]]) -> list[list[int]]:
+    def _even(self, batches: list[list[int]]) -> list[list[int]]:
         # Ranks with unequal step counts would deadlock in DDP's all-reduce; splitting batches
         # evens them out without repeating examples, so evaluation sees each one exactly once.
         while len(batches) % self.num_replicas:
@@ -191,4 +202,4 @@ class TokenBatchSampler(Sampler[list[int]]):
                 )
             half = len(batch) // 2
             batches[largest : largest + 1] = [batch[:half], batch[half:]]
-        return batches[self.rank :: self.num_replicas]
+        return batches

@@ -81,6 +81,16 @@ def test_shuffle_differs_per_epoch_and_repeats_per_seed(lengths):
     assert epoch(a, 0) != epoch(sampler(lengths, seed=2), 0)
 
 
+def test_every_epoch_runs_the_same_batches_in_another_order(lengths):
+    # Lightning validates once an epoch after as many batches as the first epoch had: an epoch
+    # packed into one batch fewer would never be validated.
+    s = sampler(lengths, seed=1)
+    first = epoch(s, 0)
+    for number in range(1, 4):
+        batches = epoch(s, number)
+        assert sorted(batches) == sorted(first) and batches != first
+
+
 def test_no_shuffle_is_sorted_and_fixed(lengths):
     s = sampler(lengths, shuffle=False)
     batches = epoch(s, 0)
