@@ -47,6 +47,12 @@ def run_train(config: Path, *extra: str, timeout: float = 300) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def callback_state(checkpoint: dict, name: str) -> dict:
+    """The state a checkpoint holds for its one callback of this class name."""
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith(name)]
+    return state
+
+
 def losses(run_dir: Path) -> dict[int, float]:
     """train/loss by the step it was logged at, over every version in the run folder."""
     found = {}
@@ -163,7 +169,7 @@ def test_resume_keeps_the_checkpoints_sentencepiece_when_the_data_changed(tmp_pa
     assert resumed.parent.parent.name == "version_0"
     checkpoint = torch.load(resumed, weights_only=True)
     assert checkpoint["global_step"] == 6
-    (ranked,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    ranked = callback_state(checkpoint, "ModelCheckpoint")
     assert ranked["best_k_models"] and all(map(os.path.exists, ranked["best_k_models"]))
     assert checkpoint["seq2seq"]["src_spm"] == saved["src_spm"]
     (spm,) = (tmp_path / "vocab").glob("**/spm.src.model")
@@ -230,8 +236,8 @@ def fit_tiny(root: Path, lr_patience: int, *callbacks, ckpt_path=None, **limits)
 def saved_state(root: Path) -> dict:
     (last,) = root.glob("**/last.ckpt")
     checkpoint = torch.load(last, weights_only=True)
-    (ranking,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("ModelCheckpoint")]
-    (stopping,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("EarlyStopping")]
+    ranking = callback_state(checkpoint, "ModelCheckpoint")
+    stopping = callback_state(checkpoint, "EarlyStopping")
     return {
         "step": checkpoint["global_step"],
         "best": sorted(Path(p).name for p in ranking["best_k_models"]),
