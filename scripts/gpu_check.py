@@ -39,7 +39,7 @@ RECIPE_PRECISION = "bf16-mixed"
 RECIPE_TOKENS = 12_000  # per batch: the GPU recipe's budget (README), ~5x the CPU recipe's
 RECIPE_SECONDS = 120  # of training (Lightning's max_time); setup and decoding come on top
 RECIPE_ALPHA = "1.4"  # the de->en recipe's length penalty, chosen on the validation set
-GPU_DECODE_BATCH = "500"  # sentences: what a GPU decodes at once next to the default 64
+GPU_DECODE_BATCH = "500"  # sentences: what a GPU decodes at once, beside the default batch
 BENCH_SECONDS = 10  # timed training seconds of each benchmark run
 # bf16: trained in bf16-mixed and decoded with --bf16; then float32 throughout. In this order.
 BENCH_RUNS = {"bf16-mixed": ["--trainer.precision", "bf16-mixed", "--bf16"], "32-true": []}

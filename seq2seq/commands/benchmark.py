@@ -86,7 +86,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--sentences", type=int, default=1000, help="sentences per decode")
     parser.add_argument(
         "--decode-batch", type=int, default=None,
-        help="sentences per decoding batch (default: 64; with --peer about 2,000 source tokens)",
+        help=f"sentences per decoding batch (default: {BATCH_SIZE}; with --peer about "
+        f"{PEER_BATCH_TOKENS:,} source tokens)",
     )
     parser.add_argument(
         "--fixed-len", type=int, default=None,
