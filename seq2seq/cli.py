@@ -37,7 +37,7 @@ from seq2seq.data.corpus import LINE_END, split_lines
 from seq2seq.ensemble import COMBINE
 from seq2seq.errors import first_line
 from seq2seq.quantize import quantize_int8
-from seq2seq.search import MAX_LEN_A, MAX_LEN_B, check_nbest
+from seq2seq.search import MAX_LEN_A, MAX_LEN_B, SearchOptionError, check_search_options
 from seq2seq.translator import (
     BATCH_SIZE,
     BEAM_SIZE,
@@ -52,7 +52,7 @@ READ_SIZE = 1 << 16  # bytes per read from a pipe; a terminal returns one line p
 FILE_CHUNK_BATCHES = 16  # batches per chunk of a file: length-sorting needs many sentences
 
 
-def _positive_int(value: str) -> int:
+def positive_int(value: str) -> int:
     try:
         number = int(value)
     except ValueError:
@@ -66,14 +66,14 @@ def _workers(value: str) -> int | str:
     if value == AUTO:
         return value
     try:
-        return _positive_int(value)
+        return positive_int(value)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
             f"expected a positive integer or {AUTO!r}, got {value!r}"
         ) from None
 
 
-class _OneLineErrors(argparse.ArgumentParser):
+class OneLineErrorParser(argparse.ArgumentParser):
     """Usage errors as one line naming the option: what a calling script or a log needs.
     argparse would print the whole usage block above it."""
 
@@ -93,7 +93,7 @@ def add_decoding_options(parser: argparse.ArgumentParser, model_option: str) -> 
         help="checkpoint, model folder (scripts/export.py) or hub id (ORG/NAME); repeat it to "
         "decode with an ensemble (the models must share their SentencePiece models)",
     )
-    parser.add_argument("--beam-size", type=_positive_int, default=BEAM_SIZE, help="1 = greedy")
+    parser.add_argument("--beam-size", type=positive_int, default=BEAM_SIZE, help="1 = greedy")
     parser.add_argument("--length-penalty", type=float, default=1.0, help="GNMT alpha")
     parser.add_argument(
         "--max-len-a", type=float, default=MAX_LEN_A, help="max output: a*src_len+b"
@@ -101,11 +101,11 @@ def add_decoding_options(parser: argparse.ArgumentParser, model_option: str) -> 
     parser.add_argument("--max-len-b", type=float, default=MAX_LEN_B, help="see --max-len-a")
     parser.add_argument(
         "--max-src-len",
-        type=_positive_int,
+        type=positive_int,
         default=MAX_SRC_LEN,
         help="longer inputs are cut to this many pieces (with a warning)",
     )
-    parser.add_argument("--batch-size", type=_positive_int, default=BATCH_SIZE, help="sentences")
+    parser.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE, help="sentences")
     parser.add_argument(
         "--ensemble-combine",
         choices=COMBINE,
@@ -122,6 +122,22 @@ def add_decoding_options(parser: argparse.ArgumentParser, model_option: str) -> 
         f"among them; {AUTO!r}: one process per core",
     )
     add_precision_options(parser)
+
+
+def check_search_flags(parser: argparse.ArgumentParser, **options) -> None:
+    """`search.check_search_options` on parsed flags: a value out of range is a usage error
+    that names its flag, before any model is loaded."""
+    try:
+        check_search_options(**options)
+    except SearchOptionError as e:
+        parser.error(f"argument --{e.option.replace('_', '-')}: {e.problem}")
+
+
+def check_decoding_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`check_search_flags` for what `add_decoding_options` parsed (and --nbest, if any)."""
+    names = ("beam_size", "length_penalty", "max_len_a", "max_len_b")
+    options = {name: getattr(args, name) for name in names}
+    check_search_flags(parser, nbest=getattr(args, "nbest", 1), **options)
 
 
 def add_precision_options(parser: argparse.ArgumentParser) -> None:
@@ -196,7 +212,7 @@ def open_translator(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineErrors(
+    parser = OneLineErrorParser(
         prog="translate",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -204,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_decoding_options(parser, "-m,--model")
     parser.add_argument("-i", "--input", type=Path, help="input file (plain or .gz); default stdin")
     parser.add_argument("-o", "--output", type=Path, help="output file; default stdout")
-    parser.add_argument("--nbest", type=_positive_int, default=1, help="lines per input line")
+    parser.add_argument("--nbest", type=positive_int, default=1, help="lines per input line")
     parser.add_argument(
         "--nbest-format",
         choices=("plain", "tsv"),
@@ -372,12 +388,16 @@ def main(argv: list[str] | None = None) -> int:
         return serve(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        check_nbest(args.beam_size, args.nbest)
-    except ValueError as e:
-        parser.error(f"--nbest: {e}")
+    check_decoding_flags(parser, args)
     if args.input and not args.input.is_file():
         return _fail(f"{args.input}: no such input file")
+    if args.plot_attention:
+        try:
+            args.plot_attention.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return _fail(
+                f"--plot-attention: cannot make the folder {args.plot_attention} ({e.strerror})"
+            )
     # stdin is looked at before loading only with --workers: callers may give no stdin at all.
     pipe = plan(args.workers)[0] > 1 and not _whole_file(args)
     if pipe:
@@ -388,8 +408,6 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e))
     except BrokenProcessPool as e:
         return _worker_died(e)
-    if args.plot_attention:
-        args.plot_attention.mkdir(parents=True, exist_ok=True)
     try:
         with opened as translator:
             if args.output:

@@ -44,10 +44,45 @@ def ranking_score(log_prob: float, length: int, alpha: float) -> float:
     return log_prob / ((5.0 + length) / 6.0) ** alpha if alpha > 0 else log_prob
 
 
-def check_nbest(beam_size: int, nbest: int) -> None:
-    """The one rule for the search options: a beam of at least 1 and 1 <= nbest <= beam."""
-    if beam_size < 1 or not 1 <= nbest <= beam_size:
-        raise ValueError(f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam_size={beam_size}")
+class SearchOptionError(ValueError):
+    """A search option out of its range. `option` is its argument name ("length_penalty"), so
+    that a command can name its flag and the service its field."""
+
+    def __init__(self, option: str, problem: str):
+        super().__init__(f"{option}: {problem}")
+        self.option, self.problem = option, problem
+
+
+def check_search_options(
+    beam_size: int = 1,
+    nbest: int = 1,
+    length_penalty: float = 1.0,
+    max_len_a: float = MAX_LEN_A,
+    max_len_b: float = MAX_LEN_B,
+    min_len: int = 1,
+) -> None:
+    """The one rule for the search options; raises SearchOptionError naming the first one out of
+    range. A NaN or infinite length penalty or limit would fail every sentence (or rank
+    silently by log-probability), so it is refused here, before any sentence is searched."""
+    if beam_size < 1:
+        raise SearchOptionError("beam_size", f"must be at least 1, got {beam_size}")
+    if not 1 <= nbest <= beam_size:
+        raise SearchOptionError(
+            "nbest", f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam_size={beam_size}"
+        )
+    # The GNMT penalty's alpha: 0 ranks by log-probability, larger values favour longer outputs.
+    if not (math.isfinite(length_penalty) and length_penalty >= 0):
+        raise SearchOptionError(
+            "length_penalty", f"must be a finite number >= 0, got {length_penalty}"
+        )
+    # A negative slope would give longer sources shorter limits; b may be negative (min_len
+    # is the floor either way).
+    if not (math.isfinite(max_len_a) and max_len_a >= 0):
+        raise SearchOptionError("max_len_a", f"must be a finite number >= 0, got {max_len_a}")
+    if not math.isfinite(max_len_b):
+        raise SearchOptionError("max_len_b", f"must be a finite number, got {max_len_b}")
+    if min_len < 0:
+        raise SearchOptionError("min_len", f"must be at least 0, got {min_len}")
 
 
 def _max_lengths(
@@ -90,6 +125,7 @@ def greedy_search(
 
     `length_penalty` only scales the reported score, so that it means the same as beam search's.
     """
+    check_search_options(1, 1, length_penalty, max_len_a, max_len_b, min_len)
     batch, src_len = src.shape
     if batch == 0:
         return []
@@ -184,7 +220,7 @@ def beam_search(
     a sentence stops when it has k finished hypotheses or reaches its length limit, and leaves
     the batch. The survivors' history is kept as back-pointers and read back at the end.
     """
-    check_nbest(beam_size, nbest)
+    check_search_options(beam_size, nbest, length_penalty, max_len_a, max_len_b, min_len)
     k = beam_size
     batch = src.size(0)
     if batch == 0:

@@ -18,7 +18,7 @@ from seq2seq.search import (
     MAX_LEN_B,
     Hypothesis,
     beam_search,
-    check_nbest,
+    check_search_options,
     greedy_search,
 )
 from seq2seq.special_tokens import EOS_ID
@@ -139,10 +139,12 @@ class Translator:
 
         An empty text (after cleaning) gets one empty result and never reaches the model.
         `min_len` blocks EOS until that many tokens exist (benchmarks decode fixed lengths).
+        Raises search.SearchOptionError (a ValueError) for an option out of range, before any
+        text is read.
         """
-        check_nbest(beam_size, nbest)
-        if batch_size < 1 or max_src_len < 1 or min_len < 0:
-            raise ValueError("batch_size and max_src_len must be >= 1, min_len >= 0")
+        check_search_options(beam_size, nbest, length_penalty, max_len_a, max_len_b, min_len)
+        if batch_size < 1 or max_src_len < 1:
+            raise ValueError("batch_size and max_src_len must be >= 1")
         ids = self.src_tokenizer.encode([clean(_well_formed(t)) for t in texts])
         results: list[list[TranslationResult]] = [[empty_result()] for _ in texts]
         # Similar lengths share a batch, so little of it is padding; longest first, so that a

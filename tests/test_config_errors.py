@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from seq2seq import cli
+from seq2seq.commands import decode
 from seq2seq.commands import train as train_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,6 +149,12 @@ def test_every_shipped_config_parses(config, train, capsys, monkeypatch):
         (["--max-src-len", "0"], "--max-src-len"),
         (["--beam-size", "2", "--nbest", "3"], "--nbest"),
         (["--length-penalty", "x"], "--length-penalty"),
+        # NaN and infinity parse as floats; searched, they failed every line one by one.
+        (["--length-penalty", "nan"], "--length-penalty: must be a finite number >= 0, got nan"),
+        (["--length-penalty", "-0.5"], "--length-penalty: must be a finite number >= 0"),
+        (["--max-len-a", "inf"], "--max-len-a: must be a finite number >= 0, got inf"),
+        (["--max-len-a", "-1"], "--max-len-a: must be a finite number >= 0"),
+        (["--max-len-b=-inf"], "--max-len-b: must be a finite number, got -inf"),
     ],
 )
 def test_translate_option_errors(capsys, args, option):
@@ -156,3 +163,22 @@ def test_translate_option_errors(capsys, args, option):
     assert exit_.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("translate: error: ") and option in line
+
+
+def test_decode_option_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        decode.main(["-m", "never-read.ckpt", "--src", "a", "--ref", "b", "--max-len-b", "nan"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        "seq2seq-decode: error: argument --max-len-b: must be a finite number, got nan "
+        "(see seq2seq-decode --help)\n"
+    )
+
+
+def test_plot_attention_folder_that_cannot_be_made(tmp_path, capsys):
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    assert cli.main(["-m", "never-read.ckpt", "--plot-attention", str(taken)]) == 2
+    assert capsys.readouterr().err == (
+        f"translate: error: --plot-attention: cannot make the folder {taken} (File exists)\n"
+    )

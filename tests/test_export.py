@@ -139,14 +139,16 @@ def test_push_to_hub_offline_is_one_line(decoding_checkpoint, tmp_path, capsys, 
     "argv, words",
     [
         (["x.ckpt", "--output", "d", "--eval-src", "a"], "--eval-src and --eval-ref go together"),
-        (["x.ckpt", "--output", "d", "--beam-size", "0"], "--beam-size must be at least 1"),
+        (["x.ckpt", "--output", "d", "--beam-size", "0"], "--beam-size: must be at least 1"),
+        (["x.ckpt", "--output", "d", "--length-penalty", "nan"], "--length-penalty: must be a"),
         (["x.ckpt"], "--output"),
     ],
 )
 def test_bad_options(argv, words, capsys):
     with pytest.raises(SystemExit) as exit_:
         export.main(argv)
-    assert exit_.value.code == 2 and words in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and words in error and error.count("\n") == 1, error
 
 
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):

@@ -5,7 +5,14 @@ import torch
 from torch import nn
 
 from seq2seq.data.batching import source_tensors
-from seq2seq.search import Hypothesis, beam_search, greedy_search, ranking_score
+from seq2seq.search import (
+    Hypothesis,
+    SearchOptionError,
+    beam_search,
+    check_search_options,
+    greedy_search,
+    ranking_score,
+)
 from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
 pytestmark = pytest.mark.usefixtures("decoding_one_thread")
@@ -208,3 +215,33 @@ def test_finished_sentences_leave_the_batch():
 def test_nbest_larger_than_beam_is_refused():
     with pytest.raises(ValueError, match="nbest"):
         beam_search(TableModel(TRAP), *_sources(), beam_size=2, nbest=3)
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        ({"beam_size": 0}, "beam_size"),
+        ({"beam_size": 2, "nbest": 3}, "nbest"),
+        ({"length_penalty": math.nan}, "length_penalty"),
+        ({"length_penalty": -1.0}, "length_penalty"),
+        ({"max_len_a": math.inf}, "max_len_a"),
+        ({"max_len_a": -0.5}, "max_len_a"),
+        ({"max_len_b": -math.inf}, "max_len_b"),
+        ({"min_len": -1}, "min_len"),
+    ],
+)
+def test_options_out_of_range_are_refused_before_searching(options, option):
+    with pytest.raises(SearchOptionError) as error:
+        check_search_options(**options)
+    assert error.value.option == option and str(error.value).startswith(f"{option}: ")
+    model = TableModel(TRAP)
+    search = beam_search if "beam_size" in options or "nbest" in options else greedy_search
+    with pytest.raises(SearchOptionError):
+        search(model, *_sources(), **options)
+    assert model.step_sizes == []  # not one step was searched
+
+
+def test_a_negative_max_len_b_is_floored_by_min_len():
+    check_search_options(max_len_a=0.0, max_len_b=-5.0)
+    (hyp,) = greedy_search(TableModel(ENDLESS), *_sources(), max_len_a=0.0, max_len_b=-5.0)
+    assert len(hyp.tokens) == 1  # min_len 1: one token, then EOS is forced

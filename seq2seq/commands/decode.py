@@ -16,19 +16,28 @@ import sys
 import time
 from pathlib import Path
 
-from seq2seq.cli import add_decoding_options, open_translator, output_text, search_options
+from seq2seq.cli import (
+    OneLineErrorParser,
+    add_decoding_options,
+    check_decoding_flags,
+    open_translator,
+    output_text,
+    search_options,
+)
 from seq2seq.data.corpus import CorpusError, read_lines
 from seq2seq.metrics import corpus_scores
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="seq2seq-decode", description=__doc__.split("\n")[0])
+    parser = OneLineErrorParser(prog="seq2seq-decode", description=__doc__.split("\n")[0])
     add_decoding_options(parser, "--checkpoint,-m,--model")
     parser.add_argument("--src", required=True, type=Path, help="source sentences, plain or .gz")
     parser.add_argument("--ref", required=True, type=Path, help="references, plain or .gz")
     parser.add_argument("--output", type=Path, help="write the hypotheses here, one per line")
     parser.add_argument("--json", action="store_true", help="end with one line of JSON")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_decoding_flags(parser, args)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

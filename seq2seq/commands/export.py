@@ -20,6 +20,7 @@ import yaml
 
 from seq2seq import model_card
 from seq2seq.checkpoint import CheckpointError, load_model, read_checkpoint
+from seq2seq.cli import OneLineErrorParser, check_search_flags, output_text
 from seq2seq.commands.average import average
 from seq2seq.data.corpus import CorpusError, read_lines
 from seq2seq.metrics import corpus_scores
@@ -54,7 +55,7 @@ def training_config(path: Path) -> dict | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
@@ -75,8 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if (args.eval_src is None) != (args.eval_ref is None):
         parser.error("--eval-src and --eval-ref go together")
-    if args.beam_size < 1:
-        parser.error(f"--beam-size must be at least 1, got {args.beam_size}")
+    check_search_flags(parser, beam_size=args.beam_size, length_penalty=args.length_penalty)
     return args
 
 
@@ -91,7 +91,7 @@ def _evaluate(args: argparse.Namespace) -> tuple[dict, str, str]:
     results = translator.translate(
         sources, beam_size=args.beam_size, length_penalty=args.length_penalty
     )
-    hypotheses = [" ".join(nbest[0].text.splitlines()) for nbest in results]
+    hypotheses = [output_text(nbest[0]) for nbest in results]
     scores = {**corpus_scores(hypotheses, references), "sentences": len(sources)}
     search = "greedy search" if args.beam_size == 1 else f"beam search, beam {args.beam_size}"
     name = args.eval_name or Path(args.eval_src.name.removesuffix(".gz")).stem

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import uvicorn
 
-from seq2seq.cli import _OneLineErrors, _positive_int, add_precision_options, load_translator
+from seq2seq.cli import OneLineErrorParser, add_precision_options, load_translator, positive_int
 from seq2seq.ensemble import COMBINE, Ensemble
 from seq2seq.pretrained import CARD_FILE, is_hub_id
 from seq2seq.serve.app import create_app
@@ -39,7 +39,7 @@ def _non_negative_float(value: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineErrors(
+    parser = OneLineErrorParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
@@ -51,14 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:1")
     add_precision_options(parser)
-    parser.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     parser.add_argument(
         "--log-level", choices=("debug", "info", "warning", "error"), default="info",
         help="info logs every request; warning only problems",
     )
     batching = parser.add_argument_group("dynamic batching")
     batching.add_argument(
-        "--max-batch-tokens", type=_positive_int, default=MAX_BATCH_TOKENS,
+        "--max-batch-tokens", type=positive_int, default=MAX_BATCH_TOKENS,
         help="source pieces decoded together at most (1: one request at a time)",
     )
     batching.add_argument(
@@ -66,14 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long the oldest request waits for others to join its batch",
     )
     batching.add_argument(
-        "--max-queue", type=_positive_int, default=MAX_QUEUE,
+        "--max-queue", type=positive_int, default=MAX_QUEUE,
         help="requests waiting at most; more are answered 503 with Retry-After",
     )
     limits = parser.add_argument_group("request limits (a request over one gets a 4xx answer)")
     for name in Limits.__dataclass_fields__:
         default = getattr(Limits(), name)
         limits.add_argument(
-            f"--{name.replace('_', '-')}", type=_positive_int, default=default,
+            f"--{name.replace('_', '-')}", type=positive_int, default=default,
             help=f"default {default}",
         )
     return parser

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
-from seq2seq.search import check_nbest
+from seq2seq.search import check_search_options
 from seq2seq.translator import BEAM_SIZE
 
 
@@ -50,10 +50,7 @@ class TranslateRequest(BaseModel):
             raise ValueError(
                 f"beam_size: must be from 1 to {limits.max_beam_size}, got {self.beam_size}"
             )
-        try:
-            check_nbest(self.beam_size, self.nbest)
-        except ValueError as e:
-            raise ValueError(f"nbest: {e}") from None
+        check_search_options(self.beam_size, self.nbest)  # a ValueError whose message names nbest
         return self
 
 
