@@ -35,6 +35,7 @@ CASES = {
     "learning rate 0": (["--model.lr", "0"], "model.lr"),
     "vocabulary 0": (["--data.vocab_size", "0"], "data.vocab_size"),
     "max_tokens below max_len": (["--data.max_tokens", "20"], "data.max_tokens"),
+    "length ratio below 1": (["--data.max_ratio", "0.5"], "data.max_ratio"),
     "shared embeddings, two vocabularies": (
         {"data": {"joint_vocab": False}}, "model.share_embeddings"
     ),
@@ -86,6 +87,16 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, train, capsys, monkeypa
     assert exit_.value.code == 2
     _assert_one_line_naming(capsys.readouterr().err, CASES[case][1])
     assert not (tmp_path / "run").exists(), "it got as far as writing a run"
+
+
+def test_filters_that_leave_nothing_to_train_on_are_an_error(tmp_path, train, capsys, monkeypatch):
+    # Lightning alone would end such a run "successfully" (status 0) without a step.
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    arguments = _arguments(tmp_path, "hidden size 0")[:2]  # tiny.yaml, one step, in tmp_path
+    with pytest.raises(SystemExit) as exit_:
+        train.main([*arguments, "--data.max_len", "2", "--data.train_lines", "200"])
+    assert exit_.value.code == 1
+    _assert_one_line_naming(capsys.readouterr().err, "no training pair is within data.max_len")
 
 
 def test_bad_config_in_a_real_process(tmp_path):

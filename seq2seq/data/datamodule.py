@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from seq2seq.data.batching import TokenBatchSampler, collate
-from seq2seq.data.corpus import length_filter, load_corpus
+from seq2seq.data.corpus import CorpusError, length_filter, load_corpus
 from seq2seq.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ class TranslationDataModule(L.LightningDataModule):
         for key in ("vocab_size", "max_tokens", "max_len"):
             if locals()[key] <= 0:
                 raise ValueError(f"data.{key} must be > 0, got {locals()[key]}")
+        if not max_ratio >= 1:  # a pair's ratio is its longer side over its shorter: >= 1
+            raise ValueError(f"data.max_ratio must be at least 1, got {max_ratio}")
         if max_tokens < max_len + 1:
             raise ValueError(
                 f"data.max_tokens ({max_tokens}) is smaller than the longest allowed sentence "
@@ -112,6 +114,12 @@ class TranslationDataModule(L.LightningDataModule):
             self.src_tokenizer = Tokenizer.train(train["src"], hp.vocab_size, hp.spm_model_type)
             self.tgt_tokenizer = Tokenizer.train(train["tgt"], hp.vocab_size, hp.spm_model_type)
         self.train_examples = self._tokenize(train, hp.max_len, hp.max_ratio)
+        # Lightning would only say "No training batches" and end with status 0.
+        if len(self.train_examples) == 0:
+            raise CorpusError(
+                f"{self.source}: no training pair is within data.max_len ({hp.max_len} pieces a "
+                f"side) and data.max_ratio ({hp.max_ratio:g}): nothing to train on"
+            )
         self.val_examples = self._tokenize(val)
         self.task = TranslationTask(
             self.src_tokenizer, self.tgt_tokenizer, hp.src_lang, hp.tgt_lang,
