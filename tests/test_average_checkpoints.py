@@ -87,6 +87,28 @@ def test_other_config_is_refused(script, checkpoints, tmp_path, decoding_tokeniz
     assert not output.exists()
 
 
+def test_a_checkpoint_given_twice_is_refused(script, checkpoints, tmp_path, capsys):
+    again = checkpoints[1].parent / ".." / checkpoints[1].parent.name / checkpoints[1].name
+    output = tmp_path / "never.ckpt"
+    argv = [str(checkpoints[0]), str(checkpoints[1]), str(again), "--output", str(output)]
+    assert script.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"average_checkpoints: error: {again}: given twice (as {checkpoints[1]}); each "
+        "checkpoint counts once\n"
+    )
+    assert not output.exists()
+
+
+def test_usage_errors_are_one_line(script, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        script.main(["--output", str(tmp_path / "never.ckpt")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        "average_checkpoints: error: give either checkpoint files or --last N --dir DIR "
+        "(see average_checkpoints --help)\n"
+    )
+
+
 def _as_training_checkpoint(source: Path, target: Path, step: int) -> None:
     """What Lightning writes: the same two keys, plus the step and training state."""
     checkpoint = torch.load(source, weights_only=True)

@@ -26,6 +26,7 @@ from seq2seq.checkpoint import (
     read_step,
     save_model,
 )
+from seq2seq.cli import OneLineErrorParser
 
 
 def _check_same(first_path: Path, first: LoadedModel, path: Path, other: LoadedModel) -> None:
@@ -42,8 +43,13 @@ def _check_same(first_path: Path, first: LoadedModel, path: Path, other: LoadedM
 def average(paths: Sequence[Path]) -> LoadedModel:
     """The first checkpoint with every floating-point tensor replaced by the mean over all.
 
-    Raises CheckpointError (one line naming the file) for a file unusable or unlike the first.
+    Raises CheckpointError (one line naming the file) for a file unusable or unlike the first,
+    or given twice (a shell glob that overlaps a name, say), which would weigh it double.
     """
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        if (same := seen.setdefault(Path(path).resolve(), path)) is not path:
+            raise CheckpointError(f"{path}: given twice (as {same}); each checkpoint counts once")
     first = load_model(paths[0])
     state = first.model.state_dict()
     # Sums in float64, in fresh tensors: a tied weight is one tensor under several keys, and
@@ -87,8 +93,10 @@ def newest(directory: Path, count: int) -> list[Path]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = OneLineErrorParser(
+        prog="average_checkpoints",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("checkpoints", nargs="*", type=Path, metavar="CKPT")
     parser.add_argument("--last", type=int, metavar="N", help="the N newest checkpoints in --dir")
