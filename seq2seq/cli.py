@@ -20,6 +20,7 @@ import argparse
 import codecs
 import functools
 import gzip
+import math
 import os
 import stat
 import sys
@@ -59,6 +60,30 @@ def positive_int(value: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _finite(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):  # float() takes "nan" and "inf"
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
+    return number
+
+
+def positive_float(value: str) -> float:
+    number = _finite(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return number
+
+
+def non_negative_float(value: str) -> float:
+    number = _finite(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return number
 
 

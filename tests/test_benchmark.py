@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from seq2seq.commands import benchmark
+
 REPO = Path(__file__).resolve().parent.parent
 
 KEYS = {
@@ -57,3 +61,22 @@ def test_benchmark_two_training_processes_sum_their_tokens():
     assert result["arrangement"] == "2 process(es) x 1 thread(s)"
     assert result["train_steps"] >= 2 and result["train_steps"] % 2 == 0
     assert result["train_tokens_per_s"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--seconds", "nan"], "argument --seconds: must be a finite number, got nan"),
+        (["--seconds", "0"], "argument --seconds: must be greater than 0"),
+        (["--decode-batch", "0"], "argument --decode-batch: must be at least 1"),
+        (["--processes", "0"], "argument --processes: must be at least 1"),
+        (["--fixed-len", "-1"], "--fixed-len must be 0 (off)"),
+        (["--config", "no-such.yaml"], "--config no-such.yaml: no such file"),
+    ],
+)
+def test_bad_options_are_one_line_before_any_work(args, words, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        benchmark.parse_args(args)
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("seq2seq-benchmark: error: ") and words in line, line

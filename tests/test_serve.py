@@ -250,6 +250,15 @@ def test_bad_model_is_one_line_and_status_2(tmp_path, capsys):
     assert error.startswith(f"translate serve: error: {missing}") and error.count("\n") == 1
 
 
+@pytest.mark.parametrize("wait", ["inf", "nan", "-1"])
+def test_max_wait_must_be_a_finite_number_of_ms(wait, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        translate_main(["serve", "-m", "never-read.ckpt", "--max-wait-ms", wait])
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("translate serve: error: argument --max-wait-ms: must be "), line
+
+
 def test_models_reports_the_model_cards_scores(decoding_checkpoint, decoding_pairs, tmp_path):
     from seq2seq.commands.export import main as export
 

@@ -51,7 +51,14 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from seq2seq.cli import add_precision_options, check_precision, set_precision
+from seq2seq.cli import (
+    OneLineErrorParser,
+    add_precision_options,
+    check_precision,
+    positive_float,
+    positive_int,
+    set_precision,
+)
 from seq2seq.commands.train import CONFIGS, DEFAULT_CONFIG, TrainCLI
 from seq2seq.data.batching import Batch
 from seq2seq.data.corpus import read_lines
@@ -75,17 +82,23 @@ PEER_FIXED_LEN = 30  # the peers' fixed30 rows: EOS blocked, exactly 30 tokens
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     """-> this script's options, and the rest: training options for the config parser."""
-    parser = argparse.ArgumentParser(prog="seq2seq-benchmark", description=__doc__.split("\n")[0])
+    parser = OneLineErrorParser(prog="seq2seq-benchmark", description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="a training yaml")
     parser.add_argument(
         "--peer", nargs="?", const="onmt", choices=sorted(PEER_ENCODER_PER_DIRECTION),
         help="the peers' model and synthetic corpus instead of --config (default sizes: onmt)",
     )
-    parser.add_argument("--seconds", type=float, default=60.0, help="timed training seconds")
-    parser.add_argument("--warmup-steps", type=int, default=10, help="untimed first steps")
-    parser.add_argument("--sentences", type=int, default=1000, help="sentences per decode")
     parser.add_argument(
-        "--decode-batch", type=int, default=None,
+        "--seconds", type=positive_float, default=60.0, help="timed training seconds"
+    )
+    parser.add_argument(
+        "--warmup-steps", type=positive_int, default=10, help="untimed first steps"
+    )
+    parser.add_argument(
+        "--sentences", type=positive_int, default=1000, help="sentences per decode"
+    )
+    parser.add_argument(
+        "--decode-batch", type=positive_int, default=None,
         help=f"sentences per decoding batch (default: {BATCH_SIZE}; with --peer about "
         f"{PEER_BATCH_TOKENS:,} source tokens)",
     )
@@ -98,9 +111,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         "--accelerator", choices=["cpu", "gpu"], default="cpu",
         help="where to train, decode and measure the matrix-product peak (gpu: CUDA)",
     )
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument(
-        "--processes", type=int, default=1,
+        "--threads", type=positive_int, help="torch threads (default: torch's choice)"
+    )
+    parser.add_argument(
+        "--processes", type=positive_int, default=1,
         help="training processes (DDP on CPU, gloo); each gets cores/processes threads unless "
         "OMP_NUM_THREADS or --threads says otherwise. Tokens/s are summed over them",
     )
@@ -115,12 +130,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     args, training_options = parser.parse_known_args(argv)
     if args.fixed_len is None:
         args.fixed_len = PEER_FIXED_LEN if args.peer else 0
-    if args.warmup_steps < 1 or args.seconds <= 0 or args.sentences < 1 or args.fixed_len < 0:
-        parser.error("need --warmup-steps >= 1, --seconds > 0, --sentences >= 1, --fixed-len >= 0")
+    if args.fixed_len < 0:
+        parser.error(f"--fixed-len must be 0 (off) or a number of tokens, got {args.fixed_len}")
     if args.profile < 0:
         parser.error(f"--profile must be 0 (off) or a number of steps, got {args.profile}")
-    if args.processes < 1:
-        parser.error(f"--processes must be at least 1, got {args.processes}")
+    if not args.config.is_file():
+        parser.error(f"--config {args.config}: no such file")
     if args.accelerator == "gpu" and not torch.cuda.is_available():
         parser.error("--accelerator gpu: torch sees no CUDA GPU here")
     try:

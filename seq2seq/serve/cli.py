@@ -17,7 +17,13 @@ from pathlib import Path
 import torch
 import uvicorn
 
-from seq2seq.cli import OneLineErrorParser, add_precision_options, load_translator, positive_int
+from seq2seq.cli import (
+    OneLineErrorParser,
+    add_precision_options,
+    load_translator,
+    non_negative_float,
+    positive_int,
+)
 from seq2seq.ensemble import COMBINE, Ensemble
 from seq2seq.pretrained import CARD_FILE, is_hub_id
 from seq2seq.serve.app import create_app
@@ -26,16 +32,6 @@ from seq2seq.serve.schema import Limits
 from seq2seq.translator import Translator
 
 PROG = "translate serve"
-
-
-def _non_negative_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if not number >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="source pieces decoded together at most (1: one request at a time)",
     )
     batching.add_argument(
-        "--max-wait-ms", type=_non_negative_float, default=MAX_WAIT_MS,
+        "--max-wait-ms", type=non_negative_float, default=MAX_WAIT_MS,
         help="how long the oldest request waits for others to join its batch",
     )
     batching.add_argument(
