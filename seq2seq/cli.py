@@ -20,7 +20,6 @@ import argparse
 import codecs
 import functools
 import gzip
-import math
 import os
 import stat
 import sys
@@ -33,6 +32,7 @@ from typing import BinaryIO
 import torch
 from tqdm import tqdm
 
+from seq2seq.arguments import OneLineErrorParser, positive_int
 from seq2seq.checkpoint import CheckpointError
 from seq2seq.data.corpus import LINE_END, split_lines
 from seq2seq.ensemble import COMBINE
@@ -53,40 +53,6 @@ READ_SIZE = 1 << 16  # bytes per read from a pipe; a terminal returns one line p
 FILE_CHUNK_BATCHES = 16  # batches per chunk of a file: length-sorting needs many sentences
 
 
-def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
-
-
-def _finite(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if not math.isfinite(number):  # float() takes "nan" and "inf"
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
-    return number
-
-
-def positive_float(value: str) -> float:
-    number = _finite(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
-    return number
-
-
-def non_negative_float(value: str) -> float:
-    number = _finite(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return number
-
-
 def _workers(value: str) -> int | str:
     if value == AUTO:
         return value
@@ -96,14 +62,6 @@ def _workers(value: str) -> int | str:
         raise argparse.ArgumentTypeError(
             f"expected a positive integer or {AUTO!r}, got {value!r}"
         ) from None
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """Usage errors as one line naming the option: what a calling script or a log needs.
-    argparse would print the whole usage block above it."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def add_decoding_options(parser: argparse.ArgumentParser, model_option: str) -> None:

@@ -155,3 +155,16 @@ def test_missing_checkpoint_is_one_line(tmp_path, capsys):
     assert export.main([str(tmp_path / "no.ckpt"), "--output", str(tmp_path / "out")]) == 2
     message = f"export: error: {tmp_path / 'no.ckpt'}: no such checkpoint file\n"
     assert capsys.readouterr().err == message
+
+
+def test_a_bad_test_set_fails_before_the_folder_is_written(decoding_checkpoint, tmp_path, capsys):
+    sources, references = tmp_path / "test.de", tmp_path / "test.en"
+    sources.write_text("Ein Hund.\nZwei Katzen.\n")
+    references.write_text("A dog.\n")
+    output = tmp_path / "model"
+    argv = [str(decoding_checkpoint), "--output", str(output)]
+    assert export.main([*argv, "--eval-src", str(sources), "--eval-ref", str(references)]) == 2
+    assert capsys.readouterr().err == (
+        f"export: error: {sources} has 2 lines but {references} has 1\n"
+    )
+    assert not output.exists()  # not a folder without its model card

@@ -76,3 +76,14 @@ def test_a_folder_without_events_is_one_line(plot_curves, tmp_path, capsys):
     assert plot_curves.main([str(tmp_path), "--output", str(tmp_path / "c.png")]) == 2
     (message,) = capsys.readouterr().err.splitlines()
     assert message.startswith("plot_curves: error:") and str(tmp_path) in message
+
+
+@pytest.mark.parametrize(("name", "words"), [("", "a folder"), ("curves", "name a .png file")])
+def test_an_output_matplotlib_would_rename_is_refused(plot_curves, tmp_path, capsys, name, words):
+    output = tmp_path / name  # matplotlib would write tmp_path.png or curves.png instead
+    with pytest.raises(SystemExit) as exit_:
+        plot_curves.main([str(tmp_path), "--output", str(output)])
+    assert exit_.value.code == 2
+    (message,) = capsys.readouterr().err.splitlines()
+    assert message.startswith(f"plot_curves: error: --output {output}: {words}"), message
+    assert list(tmp_path.parent.glob(f"{tmp_path.name}*.png")) == []

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from seq2seq.arguments import OneLineErrorParser
 from seq2seq.checkpoint import (
     CheckpointError,
     LoadedModel,
@@ -26,7 +27,6 @@ from seq2seq.checkpoint import (
     read_step,
     save_model,
 )
-from seq2seq.cli import OneLineErrorParser
 
 
 def _check_same(first_path: Path, first: LoadedModel, path: Path, other: LoadedModel) -> None:

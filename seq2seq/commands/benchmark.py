@@ -51,14 +51,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from seq2seq.cli import (
-    OneLineErrorParser,
-    add_precision_options,
-    check_precision,
-    positive_float,
-    positive_int,
-    set_precision,
-)
+from seq2seq.arguments import OneLineErrorParser, positive_float, positive_int
+from seq2seq.cli import add_precision_options, check_precision, set_precision
 from seq2seq.commands.train import CONFIGS, DEFAULT_CONFIG, TrainCLI
 from seq2seq.data.batching import Batch
 from seq2seq.data.corpus import read_lines

@@ -16,15 +16,15 @@ import sys
 import time
 from pathlib import Path
 
+from seq2seq.arguments import OneLineErrorParser
 from seq2seq.cli import (
-    OneLineErrorParser,
     add_decoding_options,
     check_decoding_flags,
     open_translator,
     output_text,
     search_options,
 )
-from seq2seq.data.corpus import CorpusError, read_lines
+from seq2seq.data.corpus import read_test_set
 from seq2seq.metrics import corpus_scores
 
 
@@ -43,11 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        sources, references = read_lines(args.src), read_lines(args.ref)
-        if len(sources) != len(references):
-            raise CorpusError(
-                f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}"
-            )
+        sources, references = read_test_set(args.src, args.ref)
         opened = open_translator(args)
     except ValueError as e:  # CorpusError, CheckpointError, a device, --int8
         print(f"decode: error: {e}", file=sys.stderr)

@@ -19,10 +19,11 @@ from pathlib import Path
 import yaml
 
 from seq2seq import model_card
+from seq2seq.arguments import OneLineErrorParser
 from seq2seq.checkpoint import CheckpointError, load_model, read_checkpoint
-from seq2seq.cli import OneLineErrorParser, check_search_flags, output_text
+from seq2seq.cli import check_search_flags, output_text
 from seq2seq.commands.average import average
-from seq2seq.data.corpus import CorpusError, read_lines
+from seq2seq.data.corpus import CorpusError, read_test_set
 from seq2seq.metrics import corpus_scores
 from seq2seq.pretrained import CARD_FILE, push_to_hub, save_pretrained
 from seq2seq.translator import BEAM_SIZE, Translator
@@ -80,13 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _evaluate(args: argparse.Namespace) -> tuple[dict, str, str]:
+def _evaluate(
+    args: argparse.Namespace, sources: list[str], references: list[str]
+) -> tuple[dict, str, str]:
     """Scores of the folder just written (so the card tells what users will get)."""
-    sources, references = read_lines(args.eval_src), read_lines(args.eval_ref)
-    if len(sources) != len(references):
-        raise CorpusError(
-            f"{args.eval_src} has {len(sources)} lines but {args.eval_ref} has {len(references)}"
-        )
     translator = Translator.from_pretrained(args.output)
     results = translator.translate(
         sources, beam_size=args.beam_size, length_penalty=args.length_penalty
@@ -102,9 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     paths = args.checkpoints
     try:
+        # Read first: a bad test set must fail before a half-made folder (no card) is written.
+        test_set = read_test_set(args.eval_src, args.eval_ref) if args.eval_src else None
         loaded = load_model(paths[0]) if len(paths) == 1 else average(paths)
         config = save_pretrained(args.output, loaded, training_config(paths[0]))
-        scores, test_name, decoding = _evaluate(args) if args.eval_src else (None, "", "")
+        scores, test_name, decoding = _evaluate(args, *test_set) if test_set else (None, "", "")
         parameters = sum(p.numel() for p in loaded.model.parameters())
         card = model_card.render(
             config, parameters, [p.name for p in paths], scores, test_name, decoding

@@ -17,6 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
+from seq2seq.arguments import OneLineErrorParser
+
 PANELS = {"val/bleu": "validation BLEU", "train/loss": "training loss"}
 
 
@@ -80,12 +82,20 @@ def plot(runs: list[Run], output: Path, groups: list[str] | None = None) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = OneLineErrorParser(
+        prog="plot_curves",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     parser.add_argument("--output", type=Path, default=Path("curves.png"), help="a .png file")
     args = parser.parse_args(argv)
+    # matplotlib would write "OUT.png" for an OUT without a known suffix: not the file named.
+    if args.output.is_dir():
+        parser.error(f"--output {args.output}: a folder; name a file, e.g. curves.png")
+    suffix = args.output.suffix.lower().removeprefix(".")
+    if suffix not in FigureCanvasAgg.get_supported_filetypes():
+        parser.error(f"--output {args.output}: name a .png file (or .svg, .pdf)")
     try:
         runs = [Run(run_dir) for run_dir in args.run_dirs]
         plot(runs, args.output)

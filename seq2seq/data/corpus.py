@@ -84,6 +84,14 @@ def read_lines(path: Path) -> list[str]:
     return lines
 
 
+def read_test_set(sources: Path, references: Path) -> tuple[list[str], list[str]]:
+    """A test set's source and reference lines (`read_lines`); CorpusError unless they pair up."""
+    src, ref = read_lines(sources), read_lines(references)
+    if len(src) != len(ref):
+        raise CorpusError(f"{sources} has {len(src)} lines but {references} has {len(ref)}")
+    return src, ref
+
+
 def find_split_file(data_dir: Path, split: str, lang: str) -> Path:
     """`<data_dir>/<split>.<lang>`, or the same name with `.gz`."""
     plain = Path(data_dir) / f"{split}.{lang}"

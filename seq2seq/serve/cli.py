@@ -17,13 +17,8 @@ from pathlib import Path
 import torch
 import uvicorn
 
-from seq2seq.cli import (
-    OneLineErrorParser,
-    add_precision_options,
-    load_translator,
-    non_negative_float,
-    positive_int,
-)
+from seq2seq.arguments import OneLineErrorParser, non_negative_float, positive_int
+from seq2seq.cli import add_precision_options, load_translator
 from seq2seq.ensemble import COMBINE, Ensemble
 from seq2seq.pretrained import CARD_FILE, is_hub_id
 from seq2seq.serve.app import create_app
