@@ -99,6 +99,29 @@ def test_filters_that_leave_nothing_to_train_on_are_an_error(tmp_path, train, ca
     _assert_one_line_naming(capsys.readouterr().err, "no training pair is within data.max_len")
 
 
+def test_a_setting_lightning_checks_against_the_data_is_one_line(
+    tmp_path, train, capsys, monkeypatch
+):
+    # tiny.yaml validates every 15 steps; 200 lines make fewer batches than that an epoch.
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    arguments = _arguments(tmp_path, "hidden size 0")[:2]
+    with pytest.raises(SystemExit) as exit_:
+        train.main([*arguments, "--data.train_lines", "200", "--data.val_lines", "20"])
+    assert exit_.value.code == 2
+    _assert_one_line_naming(capsys.readouterr().err, "`val_check_interval` (15)")
+
+
+def test_only_lightnings_own_refusals_lose_their_traceback():
+    import lightning.pytorch as lightning
+
+    with pytest.raises(ValueError) as ours:
+        raise ValueError("a fault in a model or data module")
+    with pytest.raises(ValueError) as theirs:
+        lightning.Trainer(accelerator="nope", logger=False)
+    assert not train_command.raised_by_lightning(ours.value)
+    assert train_command.raised_by_lightning(theirs.value)
+
+
 def test_bad_config_in_a_real_process(tmp_path):
     case = "unknown key in the YAML"  # where jsonargparse would print its usage block
     run = subprocess.run(

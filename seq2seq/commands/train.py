@@ -15,6 +15,7 @@ from argparse import ArgumentError
 from pathlib import Path
 from typing import NoReturn
 
+import lightning.pytorch
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
@@ -95,16 +96,34 @@ def main(args: list[str] | None = None) -> None:
     # Lightning warns that a mid-epoch resume is unreliable unless the DataLoader has a state;
     # ours is restored by the data module (TranslationDataModule.state_dict), exactly.
     warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before")
-    error = None
+    error, status = None, 1
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     except (CorpusError, NonFiniteLossError) as e:
         error = e
+    except (ValueError, MisconfigurationException) as e:
+        if not raised_by_lightning(e):
+            raise  # a fault in our code: its traceback is what to read
+        # A setting Lightning can only check against the data, e.g. val_check_interval: 15
+        # steps with 7 batches an epoch.
+        error, status = e, 2
     finally:  # also after Ctrl-C or SIGTERM; before the error, so that stderr ends with it
         if cli.trainer.is_global_zero:
             print_next_steps(cli.trainer)
     if error is not None:
-        fail(error, status=1)
+        fail(error, status)
+
+
+def raised_by_lightning(error: Exception) -> bool:
+    """Whether the innermost frame of the error's traceback is in Lightning's trainer package:
+    Lightning refusing a setting, not a fault in a model or data module."""
+    traceback = error.__traceback__
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    if traceback is None:
+        return False
+    package = Path(lightning.pytorch.__file__).parent
+    return Path(traceback.tb_frame.f_code.co_filename).is_relative_to(package)
 
 
 def fail(error: Exception, status: int) -> NoReturn:
