@@ -161,8 +161,19 @@ def test_resume_keeps_the_checkpoints_sentencepiece_when_the_data_changed(tmp_pa
     run_train(config)
     (first,) = (tmp_path / "vocab").glob("**/checkpoints/last.ckpt")
     saved = torch.load(first, weights_only=True)["seq2seq"]
+    # Another network cannot resume from it: one line naming the key, not a list of tensors.
+    other = subprocess.run(
+        [*TRAIN, "--config", str(config), "--ckpt_path", "last", "--model.decoder_hidden_size",
+         "48"], capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert other.returncode == 2, other.stderr[-3000:]
+    assert other.stderr.splitlines()[-1] == (
+        f"error: --ckpt_path {first}: the checkpoint's network does not fit this config "
+        "(model.decoder_hidden_size: 32 in it, 48 here); resume with the run's own model settings"
+    )
+    # A setting that leaves the weights alone may change.
     run_train(config, "--ckpt_path", "last", "--trainer.max_steps", "6",
-              "--data.train_lines", "1000")
+              "--data.train_lines", "1000", "--model.dropout", "0.2")
     # The resumed run went on in the same version folder, and its ModelCheckpoint still ranks
     # the checkpoints saved before the stop.
     (resumed,) = (tmp_path / "vocab").glob("**/checkpoints/last.ckpt")

@@ -9,6 +9,7 @@
 shipped with the package is used; with one, only the files given are.
 """
 
+import dataclasses
 import sys
 import warnings
 from argparse import ArgumentError
@@ -21,9 +22,15 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
 from seq2seq.callbacks import check_validation_callbacks
-from seq2seq.checkpoint import CheckpointError, read_tokenizers
+from seq2seq.checkpoint import (
+    CheckpointError,
+    read_checkpoint,
+    read_model_config,
+    read_tokenizers,
+)
 from seq2seq.data.corpus import CorpusError
 from seq2seq.data.datamodule import TranslationDataModule
+from seq2seq.model import Seq2Seq
 from seq2seq.training import (
     NonFiniteLossError,
     TrainingConfig,
@@ -84,6 +91,7 @@ def main(args: list[str] | None = None) -> None:
         if ckpt_path == "last":
             ckpt_path = find_last_checkpoint(Path(cli.trainer.default_root_dir))
         if ckpt_path:
+            check_resumable(Path(ckpt_path), cli.model)
             # A resumed run tokenizes with the SentencePiece models it was trained with, even
             # if the corpus has changed since: its token ids must keep meaning the same pieces.
             cli.datamodule.use_tokenizers(*read_tokenizers(ckpt_path))
@@ -124,6 +132,29 @@ def raised_by_lightning(error: Exception) -> bool:
         return False
     package = Path(lightning.pytorch.__file__).parent
     return Path(traceback.tb_frame.f_code.co_filename).is_relative_to(package)
+
+
+def check_resumable(path: Path, module: TranslationModule) -> None:
+    """Raise CheckpointError unless the checkpoint's weights fit the configured network (names
+    and shapes), naming the model keys that differ: Lightning would list every tensor instead.
+    Settings that leave the weights alone (dropout, the learning rate) may change on resume."""
+    checkpoint = read_checkpoint(path, "cpu", mmap=True)
+    saved, src_vocab_size, tgt_vocab_size = read_model_config(path, checkpoint["seq2seq"])
+    configured = module.config.model_config()
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        network = Seq2Seq(configured, src_vocab_size, tgt_vocab_size)  # the run's vocabularies
+    here = {f"model.{name}": tensor.shape for name, tensor in network.state_dict().items()}
+    if here == {name: tensor.shape for name, tensor in checkpoint["state_dict"].items()}:
+        return
+    theirs, mine = dataclasses.asdict(saved), dataclasses.asdict(configured)
+    differ = [
+        f"model.{k}: {theirs[k]!r} in it, {mine[k]!r} here" for k in mine if mine[k] != theirs[k]
+    ]
+    detail = "; ".join(differ) or "tensor names or shapes differ"
+    raise CheckpointError(
+        f"--ckpt_path {path}: the checkpoint's network does not fit this config ({detail}); "
+        "resume with the run's own model settings"
+    )
 
 
 def fail(error: Exception, status: int) -> NoReturn:
