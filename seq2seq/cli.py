@@ -19,7 +19,6 @@ stderr naming the line; its output line is still written, empty if nothing bette
 import argparse
 import codecs
 import functools
-import gzip
 import os
 import stat
 import sys
@@ -34,7 +33,7 @@ from tqdm import tqdm
 
 from seq2seq.arguments import OneLineErrorParser, positive_int
 from seq2seq.checkpoint import CheckpointError
-from seq2seq.data.corpus import LINE_END, split_lines
+from seq2seq.data.corpus import LINE_END, CorpusError, read_bytes, split_lines
 from seq2seq.ensemble import COMBINE
 from seq2seq.errors import first_line
 from seq2seq.quantize import quantize_int8
@@ -338,15 +337,16 @@ def _whole_file(args: argparse.Namespace) -> bool:
     return bool(args.input) or stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode)
 
 
-def _run(args: argparse.Namespace, translator: Translator | TranslatorPool, out: BinaryIO) -> int:
+def _run(
+    args: argparse.Namespace,
+    translator: Translator | TranslatorPool,
+    out: BinaryIO,
+    data: bytes | None,
+) -> int:
+    """Translate `data` (the -i file's bytes) or stdin into `out`."""
     translate = LineTranslator(translator, args, out)
     if _whole_file(args):
-        if args.input:
-            opener = gzip.open if args.input.suffix == ".gz" else open
-            with opener(args.input, "rb") as f:
-                lines = split_lines(f.read())
-        else:
-            lines = split_lines(sys.stdin.buffer.read())
+        lines = split_lines(sys.stdin.buffer.read() if data is None else data)
         chunk = args.batch_size * FILE_CHUNK_BATCHES * plan(args.workers)[0]  # per process
         with tqdm(total=len(lines), unit="line", file=sys.stderr, disable=None) as progress:
             for start in range(0, len(lines), chunk):
@@ -374,6 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     check_decoding_flags(parser, args)
     if args.input and not args.input.is_file():
         return _fail(f"{args.input}: no such input file")
+    try:  # before the model loads: an unreadable file (a broken gzip, say) fails at once
+        data = read_bytes(args.input) if args.input else None
+    except CorpusError as e:
+        return _fail(str(e))
     if args.plot_attention:
         try:
             args.plot_attention.mkdir(parents=True, exist_ok=True)
@@ -395,8 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         with opened as translator:
             if args.output:
                 with open(args.output, "wb") as out:
-                    return _run(args, translator, out)
-            return _run(args, translator, sys.stdout.buffer)
+                    return _run(args, translator, out, data)
+            return _run(args, translator, sys.stdout.buffer, data)
     except BrokenProcessPool as e:
         return _worker_died(e)
     except OSError as e:

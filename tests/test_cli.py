@@ -122,6 +122,20 @@ def test_interactive_line_by_line(decoding_checkpoint):
     assert replies.empty()
 
 
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"Ein Hund.\n", "Not a gzipped file"),
+        (gzip.compress(b"Ein Hund.\nZwei Katzen.\n")[:20], "Compressed file ended before"),
+    ],
+)
+def test_an_unreadable_input_is_one_line_before_the_model_loads(tmp_path, capsys, data, reason):
+    path = tmp_path / "input.de.gz"
+    path.write_bytes(data)
+    assert cli.main(["-m", str(tmp_path / "never-read.ckpt"), "-i", str(path)]) == 2
+    assert capsys.readouterr().err.startswith(f"translate: error: {path}: cannot read ({reason}")
+
+
 def test_bad_checkpoint_exits_2(tmp_path):
     path = tmp_path / "broken.ckpt"
     path.write_bytes(b"not a checkpoint at all")

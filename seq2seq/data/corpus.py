@@ -59,17 +59,23 @@ def split_lines(data: bytes) -> list[bytes]:
     return lines
 
 
-def read_lines(path: Path) -> list[str]:
-    """Lines of a UTF-8 text file (gzip if the name ends in .gz), without line ends."""
+def read_bytes(path: Path) -> bytes:
+    """A file's bytes, gunzipped if the name ends in .gz; CorpusError naming it if it cannot be
+    read whole."""
     path = Path(path)
     try:
         with gzip.open(path) if path.suffix == ".gz" else open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         raise CorpusError(f"{path}: no such file") from None
     except (OSError, EOFError, zlib.error) as e:  # a directory, no permission, a broken gzip
         raise CorpusError(f"{path}: cannot read ({e})") from None
-    data = data.removeprefix(codecs.BOM_UTF8)  # Windows editors add one; it is not text
+
+
+def read_lines(path: Path) -> list[str]:
+    """Lines of a UTF-8 text file (gzip if the name ends in .gz), without line ends."""
+    path = Path(path)
+    data = read_bytes(path).removeprefix(codecs.BOM_UTF8)  # Windows editors add one; it is not text
     lines = []
     for lineno, raw in enumerate(split_lines(data), start=1):
         try:
