@@ -189,6 +189,7 @@ def test_every_shipped_config_parses(config, train, capsys, monkeypatch):
         (["--max-len-a", "inf"], "--max-len-a: must be a finite number >= 0, got inf"),
         (["--max-len-a", "-1"], "--max-len-a: must be a finite number >= 0"),
         (["--max-len-b=-inf"], "--max-len-b: must be a finite number, got -inf"),
+        (["-o", "/"], "--output /: a folder, not a file"),  # before a whole file is translated
     ],
 )
 def test_translate_option_errors(capsys, args, option):
@@ -206,6 +207,12 @@ def test_decode_option_errors_are_one_line(capsys):
     assert capsys.readouterr().err == (
         "seq2seq-decode: error: argument --max-len-b: must be a finite number, got nan "
         "(see seq2seq-decode --help)\n"
+    )
+    with pytest.raises(SystemExit) as exit_:
+        decode.main(["-m", "never-read.ckpt", "--src", "a", "--ref", "b", "--output", "/"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        "seq2seq-decode: error: --output /: a folder, not a file (see seq2seq-decode --help)\n"
     )
 
 
