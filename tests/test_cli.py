@@ -136,6 +136,15 @@ def test_an_unreadable_input_is_one_line_before_the_model_loads(tmp_path, capsys
     assert capsys.readouterr().err.startswith(f"translate: error: {path}: cannot read ({reason}")
 
 
+def test_output_over_its_own_input_is_read_first(tmp_path, decoding_checkpoint, capsys):
+    # The input used to be read after -o had opened (emptied) the same file: nothing to translate.
+    path = tmp_path / "text.txt"
+    path.write_text("Ein Mann fährt Fahrrad.\nZwei Hunde spielen im Schnee.\n")
+    assert cli.main(["-m", str(decoding_checkpoint), "-i", str(path), "-o", str(path)]) == 0
+    translated = path.read_text().splitlines()
+    assert len(translated) == 2 and all(translated), translated
+
+
 def test_bad_checkpoint_exits_2(tmp_path):
     path = tmp_path / "broken.ckpt"
     path.write_bytes(b"not a checkpoint at all")
