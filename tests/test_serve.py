@@ -1,5 +1,6 @@
 """translate serve: the same lines as `translate`, batching, errors, limits, SIGTERM."""
 
+import socket
 import subprocess
 import sys
 import threading
@@ -257,6 +258,24 @@ def test_max_wait_must_be_a_finite_number_of_ms(wait, capsys):
     assert exit_.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("translate serve: error: argument --max-wait-ms: must be "), line
+
+
+def test_a_port_in_use_is_one_line_before_the_model_loads(capsys):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        code = translate_main(["serve", "-m", "never-read.ckpt", "--port", str(port)])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"translate serve: error: cannot listen on 127.0.0.1:{port} (Address already in use)\n"
+    )
+
+
+def test_a_port_out_of_range_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        translate_main(["serve", "-m", "never-read.ckpt", "--port", "70000"])
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("translate serve: error: argument --port: must be from 0 to 65535")
 
 
 def test_models_reports_the_model_cards_scores(decoding_checkpoint, decoding_pairs, tmp_path):

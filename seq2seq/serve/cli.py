@@ -9,7 +9,9 @@ accepting connections, answers what is in flight, and exits with status 0.
 """
 
 import argparse
+import logging
 import signal
+import socket
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -27,6 +29,29 @@ from seq2seq.serve.schema import Limits
 from seq2seq.translator import Translator
 
 PROG = "translate serve"
+BACKLOG = 2048  # connections waiting to be accepted: uvicorn's own default
+
+
+def _port(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {value!r}") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 65535, got {number}")
+    return number
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The server's listening socket. Made before the model loads, so that a port in use or a
+    host this machine does not have is one error line at once, not after the loading."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=BACKLOG)
+    except OSError as e:
+        # create_server appends the address to the reason, which the message names already.
+        reason = str(e.strerror or e).partition(" (while attempting to bind")[0]
+        raise ValueError(f"cannot listen on {host}:{port} ({reason})") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--ensemble-combine", choices=COMBINE, default="log_prob")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 listens on every interface")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=_port, default=8080, help="0: any free port")
     parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:1")
     add_precision_options(parser)
     parser.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
@@ -126,14 +151,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        translator = load_translator(args)
-    except ValueError as e:  # CheckpointError included
+        sock = listen(args.host, args.port)
+    except ValueError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    with sock:
+        try:
+            translator = load_translator(args)
+        except ValueError as e:  # CheckpointError included
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            return 2
+        serve(translator, args, sock)
+    return 0
+
+
+def serve(translator: Translator, args: argparse.Namespace, sock: socket.socket) -> None:
+    """Answer requests on `sock` until SIGTERM or SIGINT."""
     batcher = DynamicBatcher(translator, args.max_batch_tokens, args.max_wait_ms, args.max_queue)
     limits = Limits(**{name: getattr(args, name) for name in Limits.__dataclass_fields__})
     app = create_app(batcher, describe_models(translator, args.model), limits)
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, _exit_zero)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-    return 0
+    config = uvicorn.Config(app, log_level=args.log_level)  # also sets up uvicorn's logging
+    # uvicorn announces only addresses it bound itself; port 0 is known only now.
+    host, port = sock.getsockname()[:2]
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    logging.getLogger("uvicorn.error").info("Listening on %s (Ctrl+C stops)", url)
+    uvicorn.Server(config).run(sockets=[sock])
