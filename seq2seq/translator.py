@@ -139,12 +139,17 @@ class Translator:
 
         An empty text (after cleaning) gets one empty result and never reaches the model.
         `min_len` blocks EOS until that many tokens exist (benchmarks decode fixed lengths).
-        Raises search.SearchOptionError (a ValueError) for an option out of range, before any
-        text is read.
+        Raises search.SearchOptionError (a ValueError) for an option out of range, and TypeError
+        for texts that are not a list of str, before any text is translated.
         """
         check_search_options(beam_size, nbest, length_penalty, max_len_a, max_len_b, min_len)
         if batch_size < 1 or max_src_len < 1:
             raise ValueError("batch_size and max_src_len must be >= 1")
+        if isinstance(texts, str):  # would be read as one sentence per character
+            raise TypeError("texts: a list of sentences, got one str (translate([text]))")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}]: a str, got {type(text).__name__}")
         ids = self.src_tokenizer.encode([clean(_well_formed(t)) for t in texts])
         results: list[list[TranslationResult]] = [[empty_result()] for _ in texts]
         # Similar lengths share a batch, so little of it is padding; longest first, so that a

@@ -71,3 +71,9 @@ def test_from_checkpoint(decoding_checkpoint):
 def test_bad_arguments_are_refused(translator):
     with pytest.raises(ValueError, match="nbest"):
         translator.translate(["Ein Hund."], beam_size=2, nbest=3)
+    with pytest.raises(ValueError, match="length_penalty: must be a finite number"):
+        translator.translate([""], length_penalty=float("nan"))  # even with nothing to search
+    with pytest.raises(TypeError, match=r"got one str \(translate\(\[text\]\)\)"):
+        translator.translate("Ein Hund.")  # not nine one-character sentences
+    with pytest.raises(TypeError, match=r"texts\[1\]: a str, got bytes"):
+        translator.translate(["Ein Hund.", b"Zwei Katzen."])
