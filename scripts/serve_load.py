@@ -18,7 +18,6 @@ loading). Prints a table, then one JSON line. Compare only figures of one sittin
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 import httpx
 import torch
 
+from seq2seq.commands.benchmark import cpu_info
 from seq2seq.data.corpus import read_lines
 from seq2seq.serve.load import latency_percentiles, run_clients
 from seq2seq.serve.process import ServerProcess
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     report = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_info()["cpu"],  # the model name: "x86_64" says nothing
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "clients": args.clients,
