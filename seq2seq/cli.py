@@ -115,16 +115,14 @@ def check_search_flags(parser: argparse.ArgumentParser, **options) -> None:
         parser.error(f"argument --{e.option.replace('_', '-')}: {e.problem}")
 
 
-def check_decoding_flags(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, output: Path | None
-) -> None:
+def check_decoding_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """`check_search_flags` for what `add_decoding_options` parsed (and --nbest, if any), and
-    an output path that is a folder: found now, not after the whole input is translated."""
+    an --output that is a folder: found now, not after the whole input is translated."""
     names = ("beam_size", "length_penalty", "max_len_a", "max_len_b")
     options = {name: getattr(args, name) for name in names}
     check_search_flags(parser, nbest=getattr(args, "nbest", 1), **options)
-    if output is not None and output.is_dir():
-        parser.error(f"--output {output}: a folder, not a file")
+    if args.output is not None and args.output.is_dir():
+        parser.error(f"--output {args.output}: a folder, not a file")
 
 
 def add_precision_options(parser: argparse.ArgumentParser) -> None:
@@ -376,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    check_decoding_flags(parser, args, args.output)
+    check_decoding_flags(parser, args)
     if args.input and not args.input.is_file():
         return _fail(f"{args.input}: no such input file")
     try:  # before the model loads: an unreadable file (a broken gzip, say) fails at once

@@ -122,6 +122,17 @@ def test_only_lightnings_own_refusals_lose_their_traceback():
     assert train_command.raised_by_lightning(theirs.value)
 
 
+def test_a_weights_only_file_cannot_be_resumed(
+    tmp_path, train, capsys, monkeypatch, decoding_checkpoint
+):
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    arguments = _arguments(tmp_path, "hidden size 0")[:2]
+    with pytest.raises(SystemExit) as exit_:
+        train.main([*arguments, "--ckpt_path", str(decoding_checkpoint)])  # save_model's file
+    assert exit_.value.code == 2
+    _assert_one_line_naming(capsys.readouterr().err, "weights only, no training state to resume")
+
+
 def test_bad_config_in_a_real_process(tmp_path):
     case = "unknown key in the YAML"  # where jsonargparse would print its usage block
     run = subprocess.run(

@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, help="write the hypotheses here, one per line")
     parser.add_argument("--json", action="store_true", help="end with one line of JSON")
     args = parser.parse_args(argv)
-    check_decoding_flags(parser, args, args.output)
+    check_decoding_flags(parser, args)
     return args
 
 

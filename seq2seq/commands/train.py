@@ -139,6 +139,11 @@ def check_resumable(path: Path, module: TranslationModule) -> None:
     and shapes), naming the model keys that differ: Lightning would list every tensor instead.
     Settings that leave the weights alone (dropout, the learning rate) may change on resume."""
     checkpoint = read_checkpoint(path, "cpu", mmap=True)
+    if "optimizer_states" not in checkpoint:  # save_model's files: averages, conversions
+        raise CheckpointError(
+            f"--ckpt_path {path}: weights only, no training state to resume; give a last.ckpt "
+            "or best-*.ckpt that training wrote"
+        )
     saved, src_vocab_size, tgt_vocab_size = read_model_config(path, checkpoint["seq2seq"])
     configured = module.config.model_config()
     with torch.device("meta"):  # shapes only: no memory, no initialisation
