@@ -33,6 +33,7 @@ from seq2seq.checkpoint import (
     read_tokenizer,
     readable_by_all,
 )
+from seq2seq.errors import first_line
 from seq2seq.hub_ids import looks_like_path
 from seq2seq.model import Seq2Seq
 
@@ -236,6 +237,18 @@ def load_pretrained(
     if not is_hub_id(str(name)):
         raise CheckpointError(f"{name}: no such model folder")
     return _load_folder(_download(str(name), revision), map_location)
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Raise ValueError (one line) unless `repo_id` is a valid hub repo id: a check that needs
+    no network, made before anything is written."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ValueError(f"{repo_id!r} is not a hub repo id ({first_line(e)})") from None
 
 
 def push_to_hub(folder: str | os.PathLike, repo_id: str) -> str:

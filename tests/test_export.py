@@ -142,6 +142,8 @@ def test_push_to_hub_offline_is_one_line(decoding_checkpoint, tmp_path, capsys, 
         (["x.ckpt", "--output", "d", "--beam-size", "0"], "--beam-size: must be at least 1"),
         (["x.ckpt", "--output", "d", "--length-penalty", "nan"], "--length-penalty: must be a"),
         (["x.ckpt"], "--output"),
+        # Refused before anything is written: no network needed to see it.
+        (["x.ckpt", "--output", "d", "--push-to-hub", "bad id!"], "'bad id!' is not a hub repo"),
     ],
 )
 def test_bad_options(argv, words, capsys):

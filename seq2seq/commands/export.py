@@ -25,7 +25,7 @@ from seq2seq.cli import check_search_flags, output_text
 from seq2seq.commands.average import average
 from seq2seq.data.corpus import CorpusError, read_test_set
 from seq2seq.metrics import corpus_scores
-from seq2seq.pretrained import CARD_FILE, push_to_hub, save_pretrained
+from seq2seq.pretrained import CARD_FILE, check_repo_id, push_to_hub, save_pretrained
 from seq2seq.translator import BEAM_SIZE, Translator
 
 RUN_CONFIG = "config.yaml"  # what Lightning's CLI writes into a run folder
@@ -78,6 +78,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if (args.eval_src is None) != (args.eval_ref is None):
         parser.error("--eval-src and --eval-ref go together")
     check_search_flags(parser, beam_size=args.beam_size, length_penalty=args.length_penalty)
+    if args.push_to_hub:
+        try:
+            check_repo_id(args.push_to_hub)
+        except ValueError as e:
+            parser.error(f"--push-to-hub: {e}")
     return args
 
 
