@@ -36,6 +36,10 @@ CASES = {
     "vocabulary 0": (["--data.vocab_size", "0"], "data.vocab_size"),
     "max_tokens below max_len": (["--data.max_tokens", "20"], "data.max_tokens"),
     "length ratio below 1": (["--data.max_ratio", "0.5"], "data.max_ratio"),
+    "unknown SentencePiece model type": (["--data.spm_model_type", "foo"], "data.spm_model_type"),
+    "no batches to accumulate": (
+        ["--trainer.accumulate_grad_batches", "0"], "trainer.accumulate_grad_batches"
+    ),
     "shared embeddings, two vocabularies": (
         {"data": {"joint_vocab": False}}, "model.share_embeddings"
     ),

@@ -99,6 +99,11 @@ def main(args: list[str] | None = None) -> None:
                 log_into_version_of(cli.trainer, Path(ckpt_path))
         check_embedding_sharing(cli.model.config, cli.datamodule.hparams.joint_vocab)
         check_validation_callbacks(cli.trainer.callbacks)
+        accumulate = cli.trainer.accumulate_grad_batches
+        if accumulate < 1:  # Lightning takes 0 and divides by it at the first batch
+            raise ValueError(
+                f"trainer.accumulate_grad_batches must be at least 1, got {accumulate}"
+            )
     except (ArgumentError, ValueError, MisconfigurationException) as e:
         fail(e, status=2)
     # Lightning warns that a mid-epoch resume is unreliable unless the DataLoader has a state;

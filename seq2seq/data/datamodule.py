@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from seq2seq.data.batching import TokenBatchSampler, collate
 from seq2seq.data.corpus import CorpusError, length_filter, load_corpus
-from seq2seq.data.tokenizer import Tokenizer
+from seq2seq.data.tokenizer import ModelType, Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class TranslationDataModule(L.LightningDataModule):
         val_split: str = "val",
         vocab_size: int = 8000,
         joint_vocab: bool = True,
-        spm_model_type: str = "unigram",
+        spm_model_type: ModelType = "unigram",
         max_tokens: int = 4000,
         max_len: int = 100,
         max_ratio: float = 3.0,

@@ -7,10 +7,15 @@ its tokenizer and no file path has to line up between training and translation.
 import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import sentencepiece as spm
 
 from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+# SentencePiece's segmentation algorithms; a Literal, so that the training config refuses any
+# other name (naming the key and these four) before SentencePiece fails on it mid-setup.
+ModelType = Literal["unigram", "bpe", "char", "word"]
 
 
 class Tokenizer:
@@ -34,7 +39,7 @@ class Tokenizer:
         cls,
         sentences: Iterable[str],
         vocab_size: int = 8000,
-        model_type: str = "unigram",
+        model_type: ModelType = "unigram",
         character_coverage: float = 1.0,
         byte_fallback: bool = True,
     ) -> "Tokenizer":
