@@ -36,6 +36,7 @@ CASES = {
     "vocabulary 0": (["--data.vocab_size", "0"], "data.vocab_size"),
     "max_tokens below max_len": (["--data.max_tokens", "20"], "data.max_tokens"),
     "length ratio below 1": (["--data.max_ratio", "0.5"], "data.max_ratio"),
+    "no validation lines": (["--data.val_lines", "0"], "data.val_lines"),
     "unknown SentencePiece model type": (["--data.spm_model_type", "foo"], "data.spm_model_type"),
     "no batches to accumulate": (
         ["--trainer.accumulate_grad_batches", "0"], "trainer.accumulate_grad_batches"
@@ -101,6 +102,17 @@ def test_filters_that_leave_nothing_to_train_on_are_an_error(tmp_path, train, ca
         train.main([*arguments, "--data.max_len", "2", "--data.train_lines", "200"])
     assert exit_.value.code == 1
     _assert_one_line_naming(capsys.readouterr().err, "no training pair is within data.max_len")
+
+
+def test_a_vocabulary_smaller_than_the_corpus_alphabet_is_one_line(
+    tmp_path, train, capsys, monkeypatch
+):
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    arguments = _arguments(tmp_path, "hidden size 0")[:2]
+    with pytest.raises(SystemExit) as exit_:
+        train.main([*arguments, "--data.vocab_size", "50", "--data.train_lines", "200"])
+    assert exit_.value.code == 1
+    _assert_one_line_naming(capsys.readouterr().err, "data.vocab_size 50: SentencePiece training")
 
 
 def test_a_setting_lightning_checks_against_the_data_is_one_line(

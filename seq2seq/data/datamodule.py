@@ -71,6 +71,9 @@ class TranslationDataModule(L.LightningDataModule):
         for key in ("vocab_size", "max_tokens", "max_len"):
             if locals()[key] <= 0:
                 raise ValueError(f"data.{key} must be > 0, got {locals()[key]}")
+        for key in ("train_lines", "val_lines"):  # None: the whole split
+            if locals()[key] is not None and locals()[key] <= 0:
+                raise ValueError(f"data.{key} must be > 0 (or null: all), got {locals()[key]}")
         if not max_ratio >= 1:  # a pair's ratio is its longer side over its shorter: >= 1
             raise ValueError(f"data.max_ratio must be at least 1, got {max_ratio}")
         if max_tokens < max_len + 1:
@@ -106,13 +109,8 @@ class TranslationDataModule(L.LightningDataModule):
         # SentencePiece training is deterministic, so every DDP rank builds the same model.
         if self.src_tokenizer is not None:
             log.info("data: using the given SentencePiece models (not training new ones)")
-        elif hp.joint_vocab:
-            self.src_tokenizer = self.tgt_tokenizer = Tokenizer.train(
-                [*train["src"], *train["tgt"]], hp.vocab_size, hp.spm_model_type
-            )
         else:
-            self.src_tokenizer = Tokenizer.train(train["src"], hp.vocab_size, hp.spm_model_type)
-            self.tgt_tokenizer = Tokenizer.train(train["tgt"], hp.vocab_size, hp.spm_model_type)
+            self._train_tokenizers(train)
         self.train_examples = self._tokenize(train, hp.max_len, hp.max_ratio)
         # Lightning would only say "No training batches" and end with status 0.
         if len(self.train_examples) == 0:
@@ -133,6 +131,19 @@ class TranslationDataModule(L.LightningDataModule):
             self.src_tokenizer.vocab_size,
             self.tgt_tokenizer.vocab_size,
         )
+
+    def _train_tokenizers(self, train) -> None:
+        hp = self.hparams
+        try:
+            if hp.joint_vocab:
+                self.src_tokenizer = self.tgt_tokenizer = Tokenizer.train(
+                    [*train["src"], *train["tgt"]], hp.vocab_size, hp.spm_model_type
+                )
+            else:
+                self.src_tokenizer = Tokenizer.train(train["src"], hp.vocab_size, hp.spm_model_type)
+                self.tgt_tokenizer = Tokenizer.train(train["tgt"], hp.vocab_size, hp.spm_model_type)
+        except ValueError as e:  # e.g. data.vocab_size below the corpus's character count
+            raise CorpusError(f"{self.source}: data.vocab_size {hp.vocab_size}: {e}") from None
 
     def _tokenize(self, corpus, max_len: int | None = None, max_ratio: float | None = None):
         """corpus (src, tgt texts) -> TokenizedPairs, optionally length-filtered."""
