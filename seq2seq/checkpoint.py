@@ -150,6 +150,11 @@ def read_tokenizer(
     return tokenizer
 
 
+def _some(names: list[str]) -> str:
+    """The first three names, and "..." if there are more: enough to find the rest."""
+    return f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+
+
 def load_weights(path: Path, model: Seq2Seq, state_dict: dict) -> None:
     weights = {k[len(PREFIX) :]: v for k, v in state_dict.items() if k.startswith(PREFIX)}
     expected = model.state_dict()
@@ -167,7 +172,7 @@ def load_weights(path: Path, model: Seq2Seq, state_dict: dict) -> None:
     )
     if missing or unexpected or mismatched or wrong_dtype:
         problems = [
-            f"{label} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+            f"{label} {_some(names)}"
             for label, names in (
                 ("missing", missing),
                 ("unexpected", unexpected),
@@ -178,6 +183,18 @@ def load_weights(path: Path, model: Seq2Seq, state_dict: dict) -> None:
         ]
         raise CheckpointError(
             f"{path}: weights do not match the model config: {'; '.join(problems)}"
+        )
+    # Such a model decodes nothing but garbage or errors, sentence after sentence. (Tensors on
+    # the meta device are a header being checked: they hold no values yet.)
+    nonfinite = sorted(
+        k
+        for k, v in weights.items()
+        if v.is_floating_point() and v.device.type != "meta" and not v.isfinite().all()
+    )
+    if nonfinite:
+        raise CheckpointError(
+            f"{path}: weights hold NaN or infinite values ({_some(nonfinite)}): saved after "
+            "training diverged? Use an earlier checkpoint"
         )
     model.load_state_dict(weights, assign=True)
     model.tie_weights()  # assign=True gave each key its own tensor

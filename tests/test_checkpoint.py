@@ -109,6 +109,29 @@ def test_weights_mismatch_is_one_line(tmp_path, decoding_checkpoint):
     _one_line_error(path, "missing decoder.bias")
 
 
+def test_non_finite_weights_are_refused_in_a_checkpoint_and_a_folder(
+    tmp_path, decoding_checkpoint
+):
+    from seq2seq.pretrained import load_pretrained, save_pretrained
+
+    path = tmp_path / "diverged.ckpt"
+
+    def diverged(checkpoint):
+        checkpoint["state_dict"]["model.decoder.readout.weight"][0, 0] = float("nan")
+        checkpoint["state_dict"]["model.decoder.bias"][1] = float("inf")
+
+    _rewrite(decoding_checkpoint, path, diverged)
+    _one_line_error(
+        path, r"weights hold NaN or infinite values \(decoder.bias, decoder.readout.weight\)"
+    )
+    loaded = load_model(decoding_checkpoint)
+    with torch.no_grad():
+        loaded.model.decoder.readout.weight[0, 0] = float("nan")
+    save_pretrained(tmp_path / "folder", loaded)  # as a folder written by hand might hold
+    with pytest.raises(CheckpointError, match=r"model.safetensors: weights hold NaN"):
+        load_pretrained(tmp_path / "folder")
+
+
 def test_unknown_format_is_refused(tmp_path, decoding_checkpoint):
     path = tmp_path / "future.ckpt"
     _rewrite(decoding_checkpoint, path, lambda c: c["seq2seq"].update(format=3))
