@@ -94,37 +94,33 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, train, capsys, monkeypa
     assert not (tmp_path / "run").exists(), "it got as far as writing a run"
 
 
-def test_filters_that_leave_nothing_to_train_on_are_an_error(tmp_path, train, capsys, monkeypatch):
+# Errors that only the data can show: found once it is read, still one line each.
+DATA_CASES = {
     # Lightning alone would end such a run "successfully" (status 0) without a step.
+    "filters leave no pair": (
+        ["--data.max_len", "2", "--data.train_lines", "200"], 1,
+        "no training pair is within data.max_len",
+    ),
+    "vocabulary below the alphabet": (
+        ["--data.vocab_size", "50", "--data.train_lines", "200"], 1,
+        "data.vocab_size 50: SentencePiece training",
+    ),
+    # tiny.yaml validates every 15 steps; 200 lines make fewer batches than that an epoch.
+    "validation interval beyond an epoch": (
+        ["--data.train_lines", "200", "--data.val_lines", "20"], 2, "`val_check_interval` (15)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_errors_found_in_the_data_are_one_line(tmp_path, train, capsys, monkeypatch, case):
+    extra, status, words = DATA_CASES[case]
     monkeypatch.setattr(sys, "argv", ["train.py"])
     arguments = _arguments(tmp_path, "hidden size 0")[:2]  # tiny.yaml, one step, in tmp_path
     with pytest.raises(SystemExit) as exit_:
-        train.main([*arguments, "--data.max_len", "2", "--data.train_lines", "200"])
-    assert exit_.value.code == 1
-    _assert_one_line_naming(capsys.readouterr().err, "no training pair is within data.max_len")
-
-
-def test_a_vocabulary_smaller_than_the_corpus_alphabet_is_one_line(
-    tmp_path, train, capsys, monkeypatch
-):
-    monkeypatch.setattr(sys, "argv", ["train.py"])
-    arguments = _arguments(tmp_path, "hidden size 0")[:2]
-    with pytest.raises(SystemExit) as exit_:
-        train.main([*arguments, "--data.vocab_size", "50", "--data.train_lines", "200"])
-    assert exit_.value.code == 1
-    _assert_one_line_naming(capsys.readouterr().err, "data.vocab_size 50: SentencePiece training")
-
-
-def test_a_setting_lightning_checks_against_the_data_is_one_line(
-    tmp_path, train, capsys, monkeypatch
-):
-    # tiny.yaml validates every 15 steps; 200 lines make fewer batches than that an epoch.
-    monkeypatch.setattr(sys, "argv", ["train.py"])
-    arguments = _arguments(tmp_path, "hidden size 0")[:2]
-    with pytest.raises(SystemExit) as exit_:
-        train.main([*arguments, "--data.train_lines", "200", "--data.val_lines", "20"])
-    assert exit_.value.code == 2
-    _assert_one_line_naming(capsys.readouterr().err, "`val_check_interval` (15)")
+        train.main([*arguments, *extra])
+    assert exit_.value.code == status
+    _assert_one_line_naming(capsys.readouterr().err, words)
 
 
 def test_only_lightnings_own_refusals_lose_their_traceback():
