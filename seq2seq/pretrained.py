@@ -59,18 +59,27 @@ def spm_files(joint: bool) -> dict[str, str]:
     }
 
 
-def is_hub_id(name: str | os.PathLike) -> bool:
-    """A name that is not on disk and has the shape of a hub id ("owner/name" or "name")."""
+def check_repo_id(repo_id: str) -> None:
+    """Raise ValueError (one line) unless `repo_id` is a valid hub repo id: huggingface_hub's
+    own rule, which needs no network (so export checks it before writing anything)."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ValueError(f"{repo_id!r} is not a hub repo id ({first_line(e)})") from None
+
+
+def is_hub_id(name: str | os.PathLike) -> bool:
+    """A name that is not on disk and has the shape of a hub id ("owner/name" or "name")."""
     if not isinstance(name, str) or Path(name).exists():
         return False
     if looks_like_path(name, CHECKPOINT_SUFFIXES + (".safetensors", ".json")):
         return False
     try:
-        validate_repo_id(name)
-    except HFValidationError:
+        check_repo_id(name)
+    except ValueError:
         return False
     return True
 
@@ -237,18 +246,6 @@ def load_pretrained(
     if not is_hub_id(str(name)):
         raise CheckpointError(f"{name}: no such model folder")
     return _load_folder(_download(str(name), revision), map_location)
-
-
-def check_repo_id(repo_id: str) -> None:
-    """Raise ValueError (one line) unless `repo_id` is a valid hub repo id: a check that needs
-    no network, made before anything is written."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as e:
-        raise ValueError(f"{repo_id!r} is not a hub repo id ({first_line(e)})") from None
 
 
 def push_to_hub(folder: str | os.PathLike, repo_id: str) -> str:
