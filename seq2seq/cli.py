@@ -377,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     check_decoding_flags(parser, args)
     if args.input and not args.input.is_file():
         return _fail(f"{args.input}: no such input file")
+    if not args.input and sys.stdin is None:  # started with stdin closed, e.g. `<&-`
+        return _fail("no input: stdin is closed; give -i FILE")
     try:  # before the model loads: an unreadable file (a broken gzip, say) fails at once
         data = read_bytes(args.input) if args.input else None
     except CorpusError as e:
@@ -412,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
             # flush at exit from raising again.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 1
-        return _fail(str(e))
+        # A failed write (a full disk) names no file: it is the output.
+        return _fail(f"{e.filename or args.output or 'stdout'}: {e.strerror or e}")
     except KeyboardInterrupt:
         return 130
 

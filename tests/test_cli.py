@@ -145,6 +145,25 @@ def test_output_over_its_own_input_is_read_first(tmp_path, decoding_checkpoint, 
     assert len(translated) == 2 and all(translated), translated
 
 
+def test_a_closed_stdin_is_one_line():
+    run = subprocess.run(
+        [*TRANSLATE, "-m", "never-read.ckpt"], preexec_fn=lambda: os.close(0),
+        capture_output=True, env=ENV, timeout=TIMEOUT,
+    )
+    assert run.returncode == 2
+    assert run.stderr == b"translate: error: no input: stdin is closed; give -i FILE\n"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_full_disk_names_the_output(decoding_checkpoint, tmp_path, capsys):
+    path = tmp_path / "input.de"
+    path.write_text("Ein Hund läuft.\n")
+    code = cli.main(["-m", str(decoding_checkpoint), "-i", str(path), "-o", "/dev/full"])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.endswith("translate: error: /dev/full: No space left on device\n"), error
+
+
 def test_bad_checkpoint_exits_2(tmp_path):
     path = tmp_path / "broken.ckpt"
     path.write_bytes(b"not a checkpoint at all")
