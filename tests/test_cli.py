@@ -164,6 +164,26 @@ def test_a_full_disk_names_the_output(decoding_checkpoint, tmp_path, capsys):
     assert error.endswith("translate: error: /dev/full: No space left on device\n"), error
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_decode_prints_its_scores_when_the_output_cannot_be_written(
+    decoding_checkpoint, tmp_path, capsys
+):
+    from seq2seq.commands import decode
+
+    source, reference = tmp_path / "test.de", tmp_path / "test.en"
+    source.write_text("Ein Hund läuft.\n")
+    reference.write_text("A dog runs.\n")
+    files = ["--src", str(source), "--ref", str(reference)]
+    assert decode.main(["-m", str(decoding_checkpoint), *files, "--output", "/dev/full"]) == 2
+    out, error = capsys.readouterr()
+    assert out.startswith("BLEU")  # the decoding is not lost
+    assert error == "decode: error: --output /dev/full: No space left on device\n"
+    # A folder that cannot be made fails before the model is loaded.
+    unmakeable = tmp_path / "test.de" / "hyp.en"  # below a file
+    assert decode.main(["-m", "never-read.ckpt", *files, "--output", str(unmakeable)]) == 2
+    assert capsys.readouterr().err.startswith(f"decode: error: --output {unmakeable}: cannot")
+
+
 def test_bad_checkpoint_exits_2(tmp_path):
     path = tmp_path / "broken.ckpt"
     path.write_bytes(b"not a checkpoint at all")

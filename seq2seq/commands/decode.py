@@ -44,10 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         sources, references = read_test_set(args.src, args.ref)
+        if args.output:  # now, not after the decoding
+            args.output.parent.mkdir(parents=True, exist_ok=True)
         opened = open_translator(args)
     except ValueError as e:  # CorpusError, CheckpointError, a device, --int8
-        print(f"decode: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(str(e))
+    except OSError as e:
+        return _fail(f"--output {args.output}: cannot make its folder ({e.strerror})")
 
     with opened as translator:
         start = time.perf_counter()
@@ -60,9 +63,12 @@ def main(argv: list[str] | None = None) -> int:
             f"decode: warning: {truncated} sources were cut to {args.max_src_len} pieces",
             file=sys.stderr,
         )
+    write_error = None
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+        try:
+            args.output.write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+        except OSError as e:  # the scores below are still worth printing
+            write_error = f"--output {args.output}: {e.strerror or e}"
 
     scores = corpus_scores(hypotheses, references)
     labels = (("bleu", "BLEU"), ("chrf", "chrF"), ("ter", "TER"), ("bleu_lc", "BLEU lowercased"))
@@ -72,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(sources)} sentences in {seconds:.1f} s ({speed:.1f} sentences/s)")
     if args.json:
         print(json.dumps({**scores, "sentences": len(sources), "seconds": round(seconds, 3)}))
-    return 0
+    return _fail(write_error) if write_error else 0
+
+
+def _fail(message: str) -> int:
+    print(f"decode: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
