@@ -9,7 +9,6 @@ accepting connections, answers what is in flight, and exits with status 0.
 """
 
 import argparse
-import logging
 import signal
 import socket
 import sys
@@ -172,9 +171,9 @@ def serve(translator: Translator, args: argparse.Namespace, sock: socket.socket)
     app = create_app(batcher, describe_models(translator, args.model), limits)
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, _exit_zero)
-    config = uvicorn.Config(app, log_level=args.log_level)  # also sets up uvicorn's logging
-    # uvicorn announces only addresses it bound itself; port 0 is known only now.
+    # uvicorn announces only addresses it bound itself; with --port 0 the port is known only
+    # now. Printed at every --log-level: without it a client could not find the service.
     host, port = sock.getsockname()[:2]
     url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-    logging.getLogger("uvicorn.error").info("Listening on %s (Ctrl+C stops)", url)
-    uvicorn.Server(config).run(sockets=[sock])
+    print(f"{PROG}: listening on {url} (Ctrl+C stops)", file=sys.stderr, flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level=args.log_level)).run(sockets=[sock])

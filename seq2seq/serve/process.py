@@ -1,6 +1,6 @@
 """`translate serve` as a child process: what the load benchmark and the tests start."""
 
-import socket
+import re
 import subprocess
 import sys
 import threading
@@ -8,29 +8,25 @@ import time
 
 import httpx
 
-
-def free_port() -> int:
-    """A port nobody listens on now, on 127.0.0.1 (the system's choice)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# The line `translate serve` prints once it listens: with --port 0, the only place the port is.
+LISTENING = re.compile(r"listening on (http://\S+)")
 
 
 class ServerProcess:
-    """Starts `translate serve ARGS` on a free loopback port and waits until GET /health
-    answers; `url` is then where it serves. Its log (stderr lines) is kept in `log`."""
+    """Starts `translate serve ARGS` on a free loopback port (--port 0: the system's choice,
+    read back from its log) and waits until GET /health answers; `url` is then where it
+    serves. Its log (stderr lines) is kept in `log`."""
 
     def __init__(self, args: list[str], timeout_s: float = 120, env: dict | None = None):
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "seq2seq.cli", "serve", *args, "--port", str(port)]
+        command = [sys.executable, "-m", "seq2seq.cli", "serve", *args, "--port", "0"]
         self.proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+        self.url = ""
         self.log: list[str] = []
         # Keep reading, or a full pipe would block the server's logging.
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
         deadline = time.monotonic() + timeout_s
-        while not self._healthy():
+        while not (self.url and self._healthy()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 self._reader.join(5)
@@ -46,6 +42,8 @@ class ServerProcess:
     def _drain(self) -> None:
         for line in self.proc.stderr:
             self.log.append(line)
+            if not self.url and (found := LISTENING.search(line)):
+                self.url = found[1]
 
     def stop(self, timeout_s: float = 60) -> int:
         """SIGTERM, then the exit status (killed if it does not end within timeout_s)."""
