@@ -50,6 +50,8 @@ from seq2seq.workers import AUTO, TranslatorPool, plan
 
 READ_SIZE = 1 << 16  # bytes per read from a pipe; a terminal returns one line per read
 FILE_CHUNK_BATCHES = 16  # batches per chunk of a file: length-sorting needs many sentences
+# The options of `add_decoding_options` that search.check_search_options rules on.
+SEARCH_FLAGS = ("beam_size", "length_penalty", "max_len_a", "max_len_b")
 
 
 def _workers(value: str) -> int | str:
@@ -118,8 +120,7 @@ def check_search_flags(parser: argparse.ArgumentParser, **options) -> None:
 def check_decoding_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """`check_search_flags` for what `add_decoding_options` parsed (and --nbest, if any), and
     an --output that is a folder: found now, not after the whole input is translated."""
-    names = ("beam_size", "length_penalty", "max_len_a", "max_len_b")
-    options = {name: getattr(args, name) for name in names}
+    options = {name: getattr(args, name) for name in SEARCH_FLAGS}
     check_search_flags(parser, nbest=getattr(args, "nbest", 1), **options)
     if args.output is not None and args.output.is_dir():
         parser.error(f"--output {args.output}: a folder, not a file")
@@ -166,8 +167,7 @@ def set_precision(translator: Translator, args: argparse.Namespace) -> Translato
 
 def search_options(args: argparse.Namespace) -> dict:
     """The `Translator.translate` arguments that `add_decoding_options` parsed."""
-    names = ("beam_size", "length_penalty", "max_len_a", "max_len_b", "batch_size", "max_src_len")
-    return {name: getattr(args, name) for name in names}
+    return {name: getattr(args, name) for name in (*SEARCH_FLAGS, "batch_size", "max_src_len")}
 
 
 def load_translator(args: argparse.Namespace) -> Translator:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from seq2seq.arguments import OneLineErrorParser
+from seq2seq.arguments import OneLineErrorParser, positive_int
 from seq2seq.checkpoint import (
     CheckpointError,
     LoadedModel,
@@ -99,7 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("checkpoints", nargs="*", type=Path, metavar="CKPT")
-    parser.add_argument("--last", type=int, metavar="N", help="the N newest checkpoints in --dir")
+    parser.add_argument(
+        "--last", type=positive_int, metavar="N", help="the N newest checkpoints in --dir"
+    )
     parser.add_argument("--dir", type=Path, help="checkpoint folder for --last")
     parser.add_argument("--output", required=True, type=Path, metavar="OUT.ckpt")
     args = parser.parse_args(argv)
@@ -107,8 +109,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("give either checkpoint files or --last N --dir DIR")
     if (args.last is None) != (args.dir is None):
         parser.error("--last and --dir go together")
-    if args.last is not None and args.last < 1:
-        parser.error(f"--last must be at least 1, got {args.last}")
     return args
 
 

@@ -9,6 +9,7 @@ accepting connections, answers what is in flight, and exits with status 0.
 """
 
 import argparse
+import contextlib
 import signal
 import socket
 import sys
@@ -149,15 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        sock = listen(args.host, args.port)
-    except ValueError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    with sock:
-        try:
+    with contextlib.ExitStack() as stack:
+        try:  # the port first: taken or not, that is known before the model loads
+            sock = stack.enter_context(listen(args.host, args.port))
             translator = load_translator(args)
-        except ValueError as e:  # CheckpointError included
+        except ValueError as e:  # a port, a host, a model (CheckpointError), a device
             print(f"{PROG}: error: {e}", file=sys.stderr)
             return 2
         serve(translator, args, sock)
