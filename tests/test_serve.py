@@ -1,5 +1,6 @@
 """translate serve: the same lines as `translate`, batching, errors, limits, SIGTERM."""
 
+import codecs
 import socket
 import subprocess
 import sys
@@ -34,10 +35,12 @@ def translator(decoding_checkpoint) -> Translator:
     return Translator.from_checkpoints([decoding_checkpoint])
 
 
-def _client(translator, limits=DEFAULT, max_batch_tokens=4096, max_wait_ms=5.0, max_queue=64):
+def _client(
+    translator, limits=DEFAULT, max_batch_tokens=4096, max_wait_ms=5.0, max_queue=64, **options
+):
     batcher = DynamicBatcher(translator, max_batch_tokens, max_wait_ms, max_queue)
     app = create_app(batcher, describe_models(translator, ["tiny.ckpt"]), limits)
-    return TestClient(app)
+    return TestClient(app, **options)
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +153,40 @@ def test_body_over_limit_without_content_length(client):
     response = client.post("/v1/translate", content=chunks)
     assert response.status_code == 413
     assert response.json() == {"error": "body: more than 2000 bytes, the most this server takes"}
+
+
+def test_json_that_python_chokes_on_or_would_read_lossily(translator):
+    deep = b'{"text": ' + b"[" * 5000 + b"]" * 5000 + b"}"  # past the parser's recursion limit
+    digits = b'{"text": ["a"], "beam_size": ' + b"9" * 5000 + b"}"  # int() refuses > 4300
+    twice = b'{"text": ["Ein Mann."], "text": ["Eine Frau."]}'  # json.loads keeps only the last
+    with _client(translator) as client:
+        for body, message in [
+            (deep, "body: JSON nested too deeply"),
+            (digits, "body: a number longer than 4300 digits"),
+            (twice, 'body: the key "text" appears twice in one object'),
+        ]:
+            response = client.post("/v1/translate", content=body)
+            assert (response.status_code, response.json()) == (400, {"error": message})
+        # A UTF-8 byte order mark is skipped, as in files; offsets still count from byte 0.
+        assert _translate(client, ["Ein Mann."]) == client.post(
+            "/v1/translate", content=codecs.BOM_UTF8 + GOOD
+        ).json()["translations"]
+        response = client.post("/v1/translate", content=codecs.BOM_UTF8 + b'{"text": ["\xff"]}')
+        assert response.json() == {"error": "body: not valid UTF-8 (byte 0xff at offset 14)"}
+
+
+def test_a_fault_of_the_service_is_still_a_json_error(translator):
+    # raise_server_exceptions=False: the client gets the answer, as from uvicorn (which logs).
+    with _client(translator, raise_server_exceptions=False) as client:
+
+        @client.app.get("/fault")
+        async def fault():
+            raise RuntimeError("a fault in a handler")
+
+        response = client.get("/fault")
+        assert response.status_code == 500
+        assert response.json() == {"error": "internal error (RuntimeError); see the server log"}
+        assert client.post("/v1/translate", content=GOOD).status_code == 200
 
 
 def test_other_paths_answer_json_errors(client):

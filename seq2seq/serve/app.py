@@ -6,7 +6,9 @@ so that an oversized or non-UTF-8 body never reaches the JSON parser.
 """
 
 import asyncio
+import codecs
 import json
+import sys
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -55,17 +57,36 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    # json keeps the last of two equal keys; the first would be lost without a word.
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise BadRequest(400, f"body: the key {json.dumps(key)} appears twice in one object")
+        seen.add(key)
+    return dict(pairs)
+
+
 def parse_request(body: bytes, limits: Limits) -> TranslateRequest:
+    # A UTF-8 byte order mark is not text (RFC 8259 lets a parser ignore it); files lose theirs.
+    start = len(codecs.BOM_UTF8) if body.startswith(codecs.BOM_UTF8) else 0
     try:
-        text = body.decode("utf-8")
+        text = body[start:].decode("utf-8")
     except UnicodeDecodeError as e:
+        offset = start + e.start
         raise BadRequest(
-            400, f"body: not valid UTF-8 (byte 0x{body[e.start]:02x} at offset {e.start})"
+            400, f"body: not valid UTF-8 (byte 0x{body[offset]:02x} at offset {offset})"
         ) from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
         raise BadRequest(400, f"body: not valid JSON ({e})") from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise BadRequest(400, "body: JSON nested too deeply") from None
+    except ValueError:  # json.loads's only other ValueError: an integer Python will not convert
+        raise BadRequest(
+            400, f"body: a number longer than {sys.get_int_max_str_digits()} digits"
+        ) from None
     try:
         return TranslateRequest.model_validate(data, context={"limits": limits})
     except ValidationError as e:
@@ -115,6 +136,10 @@ def create_app(batcher: DynamicBatcher, models: dict, limits: Limits) -> FastAPI
     @app.exception_handler(HTTPException)  # 404, 405 ...: the same error format
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
         return _error(e.status_code, str(e.detail), getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)  # a fault of ours: still JSON; uvicorn logs the traceback
+    async def internal_error(request: Request, e: Exception) -> JSONResponse:
+        return _error(500, f"internal error ({type(e).__name__}); see the server log")
 
     @app.post(
         "/v1/translate",
