@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 
 from seq2seq.data.tokenizer import Tokenizer
-from seq2seq.model import ModelConfig, Seq2Seq
+from seq2seq.model import ModelConfig, Seq2Seq, check_vocab_sizes
 from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 FORMAT = 2
@@ -200,19 +200,27 @@ def load_weights(path: Path, model: Seq2Seq, state_dict: dict) -> None:
     model.tie_weights()  # assign=True gave each key its own tensor
 
 
+def _mapping(meta: dict, key: str) -> dict:
+    value = meta[key]
+    if not isinstance(value, dict):  # a hand-edited config.json may hold anything
+        raise TypeError(f"{key} must be a mapping (a JSON object), got {type(value).__name__}")
+    return value
+
+
 def read_model_config(path: Path, meta: dict) -> tuple[ModelConfig, int, int]:
     """-> the model config and the source and target vocabulary sizes, any format."""
     version = meta.get("format")
     if version not in (1, FORMAT):
         raise CheckpointError(f"{path}: unsupported checkpoint format {version!r}")
     try:
-        config = dict(meta["model_config"])
+        config = dict(_mapping(meta, "model_config"))
         if version == 1:
             special_ids = {"pad": config.pop("pad_id", PAD_ID)}
             sizes = config.pop("src_vocab_size"), config.pop("tgt_vocab_size")
         else:
-            special_ids = meta["special_ids"]
+            special_ids = _mapping(meta, "special_ids")
             sizes = meta["src_vocab_size"], meta["tgt_vocab_size"]
+        check_vocab_sizes(*sizes)  # before the tokenizers are compared with them
         config = ModelConfig(**config)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: bad model config ({error_reason(e)})") from None

@@ -151,6 +151,21 @@ BAD_FOLDERS = {
         CONFIG_FILE,
         "vocab_size",
     ),
+    "vocab size a string": (  # not "the tokenizer has 500 pieces but the model expects 500"
+        lambda p: _edit_config(p, lambda c: c.update(src_vocab_size="500")),
+        CONFIG_FILE,
+        "src_vocab_size must be an integer > 0, got '500'",
+    ),
+    "model_config not an object": (
+        lambda p: _edit_config(p, lambda c: c.update(model_config=None)),
+        CONFIG_FILE,
+        "model_config must be a mapping (a JSON object), got NoneType",
+    ),
+    "special_ids a list": (  # was an AttributeError traceback
+        lambda p: _edit_config(p, lambda c: c.update(special_ids=[0, 1, 2, 3])),
+        CONFIG_FILE,
+        "special_ids must be a mapping (a JSON object), got list",
+    ),
     "joint a string": (
         lambda p: _edit_config(p, lambda c: c.update(joint_vocabulary="yes")),
         CONFIG_FILE,

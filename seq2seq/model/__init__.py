@@ -4,7 +4,7 @@ from seq2seq.model.attention import BahdanauAttention
 from seq2seq.model.config import ModelConfig
 from seq2seq.model.decoder import DecoderLSTM, DecoderState, EncoderMemory
 from seq2seq.model.encoder import EncoderLSTM
-from seq2seq.model.seq2seq import Seq2Seq
+from seq2seq.model.seq2seq import Seq2Seq, check_vocab_sizes
 
 __all__ = [
     "BahdanauAttention",
@@ -14,4 +14,5 @@ __all__ = [
     "EncoderMemory",
     "ModelConfig",
     "Seq2Seq",
+    "check_vocab_sizes",
 ]

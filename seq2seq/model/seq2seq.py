@@ -10,12 +10,16 @@ from seq2seq.model.encoder import EncoderLSTM
 from seq2seq.special_tokens import PAD_ID
 
 
+def check_vocab_sizes(src_vocab_size: int, tgt_vocab_size: int) -> None:
+    for name, size in (("src_vocab_size", src_vocab_size), ("tgt_vocab_size", tgt_vocab_size)):
+        if type(size) is not int or size <= 0:
+            raise ValueError(f"{name} must be an integer > 0, got {size!r}")
+
+
 class Seq2Seq(nn.Module):
     def __init__(self, config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int):
         super().__init__()
-        for name, size in (("src_vocab_size", src_vocab_size), ("tgt_vocab_size", tgt_vocab_size)):
-            if type(size) is not int or size <= 0:
-                raise ValueError(f"{name} must be an integer > 0, got {size!r}")
+        check_vocab_sizes(src_vocab_size, tgt_vocab_size)
         if config.share_embeddings and src_vocab_size != tgt_vocab_size:
             raise ValueError(
                 "model.share_embeddings needs one vocabulary for both languages, got "
