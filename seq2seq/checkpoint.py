@@ -156,26 +156,37 @@ def _some(names: list[str]) -> str:
 
 
 def load_weights(path: Path, model: Seq2Seq, state_dict: dict) -> None:
-    weights = {k[len(PREFIX) :]: v for k, v in state_dict.items() if k.startswith(PREFIX)}
+    weights = {
+        k[len(PREFIX) :]: v
+        for k, v in state_dict.items()
+        if isinstance(k, str) and k.startswith(PREFIX)
+    }
     expected = model.state_dict()
     missing = sorted(expected.keys() - weights.keys())
     unexpected = sorted(weights.keys() - expected.keys())
+    # A number, a string, a sparse tensor: only a dense tensor can be a weight.
+    not_dense = sorted(
+        k
+        for k in expected.keys() & weights.keys()
+        if not isinstance(weights[k], torch.Tensor) or weights[k].layout != torch.strided
+    )
     mismatched = sorted(
         k
         for k in expected.keys() & weights.keys()
-        if not isinstance(weights[k], torch.Tensor) or weights[k].shape != expected[k].shape
+        if k not in not_dense and weights[k].shape != expected[k].shape
     )
     wrong_dtype = sorted(
         k
         for k in expected.keys() & weights.keys()
-        if k not in mismatched and weights[k].dtype != expected[k].dtype
+        if k not in not_dense and k not in mismatched and weights[k].dtype != expected[k].dtype
     )
-    if missing or unexpected or mismatched or wrong_dtype:
+    if missing or unexpected or not_dense or mismatched or wrong_dtype:
         problems = [
             f"{label} {_some(names)}"
             for label, names in (
                 ("missing", missing),
                 ("unexpected", unexpected),
+                ("not a dense tensor", not_dense),
                 ("wrong shape", mismatched),
                 ("wrong dtype", wrong_dtype),
             )

@@ -199,3 +199,22 @@ def test_wrong_dtype_is_one_line(tmp_path, decoding_checkpoint):
 
     _rewrite(decoding_checkpoint, path, to_half)
     _one_line_error(path, "weights do not match the model config: wrong dtype decoder.bias")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [3, "weights", torch.zeros(1).to_sparse()],  # a sparse one was blamed on the device
+    ids=["number", "string", "sparse"],
+)
+def test_a_weight_that_is_not_a_dense_tensor_is_named(tmp_path, decoding_checkpoint, value):
+    path = tmp_path / "odd.ckpt"
+    weights = {"model.decoder.bias": value}
+    _rewrite(decoding_checkpoint, path, lambda c: c["state_dict"].update(weights))
+    _one_line_error(path, "weights do not match the model config: not a dense tensor decoder.bias")
+
+
+def test_keys_that_are_not_strings_are_not_weights(tmp_path, decoding_checkpoint):
+    path = tmp_path / "int_key.ckpt"  # an AttributeError traceback before
+    _rewrite(decoding_checkpoint, path, lambda c: c["state_dict"].update({5: torch.zeros(1)}))
+    loaded, original = load_model(path).model, load_model(decoding_checkpoint).model
+    assert torch.equal(loaded.decoder.bias, original.decoder.bias)
