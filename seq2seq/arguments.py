@@ -3,6 +3,7 @@ that say what they refuse. No heavy imports, so that any command can use it."""
 
 import argparse
 import math
+import unicodedata
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -45,3 +46,16 @@ def non_negative_float(value: str) -> float:
     if number < 0:
         raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return number
+
+
+def one_line(value: str) -> str:
+    """A name printed in a line of output or a model card: not empty, no line breaks or other
+    control characters (Unicode categories Cc, Zl, Zp)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    for char in value:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            raise argparse.ArgumentTypeError(
+                f"must be one line without control characters, got {value!r}"
+            )
+    return value

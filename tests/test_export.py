@@ -142,6 +142,13 @@ def test_push_to_hub_offline_is_one_line(decoding_checkpoint, tmp_path, capsys, 
         (["x.ckpt", "--output", "d", "--beam-size", "0"], "--beam-size: must be at least 1"),
         (["x.ckpt", "--output", "d", "--length-penalty", "nan"], "--length-penalty: must be a"),
         (["x.ckpt"], "--output"),
+        (["x.ckpt", "--output", export.__file__], f"--output {export.__file__}: a file, not a"),
+        (  # a name printed in a line and in the card: a line break would split both
+            ["x.ckpt", "--output", "d", "--eval-src", "a", "--eval-ref", "b", "--eval-name=a\nb"],
+            "--eval-name: must be one line without control characters, got 'a\\nb'",
+        ),
+        (["x.ckpt", "--output", "d", "--eval-name", " "], "--eval-name: must not be empty"),
+        (["x.ckpt", "--output", "d", "--eval-name", "t"], "--eval-name names the test set of"),
         # Refused before anything is written: no network needed to see it.
         (["x.ckpt", "--output", "d", "--push-to-hub", "bad id!"], "'bad id!' is not a hub repo"),
     ],

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from seq2seq import model_card
-from seq2seq.arguments import OneLineErrorParser
+from seq2seq.arguments import OneLineErrorParser, one_line
 from seq2seq.checkpoint import CheckpointError, load_model, read_checkpoint
 from seq2seq.cli import check_search_flags, output_text
 from seq2seq.commands.average import average
@@ -67,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-src", type=Path, help="test sources (plain or .gz) to score")
     parser.add_argument("--eval-ref", type=Path, help="their references")
     parser.add_argument(
-        "--eval-name", help="the test set's name in the card (default: --eval-src's file name)"
+        "--eval-name", type=one_line,
+        help="the test set's name in the card (default: --eval-src's file name)",
     )
     parser.add_argument("--beam-size", type=int, default=BEAM_SIZE, help="for --eval-src")
     parser.add_argument("--length-penalty", type=float, default=1.0, help="for --eval-src")
@@ -75,8 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--push-to-hub", metavar="ORG/NAME", help="then upload the folder to this hub repo"
     )
     args = parser.parse_args(argv)
+    if args.output.exists() and not args.output.is_dir():  # before any model is read
+        parser.error(f"--output {args.output}: a file, not a folder")
     if (args.eval_src is None) != (args.eval_ref is None):
         parser.error("--eval-src and --eval-ref go together")
+    if args.eval_name is not None and args.eval_src is None:
+        parser.error("--eval-name names the test set of --eval-src, which is missing")
     check_search_flags(parser, beam_size=args.beam_size, length_penalty=args.length_penalty)
     if args.push_to_hub:
         try:
