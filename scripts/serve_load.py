@@ -7,7 +7,7 @@ the same sentences.
     python scripts/serve_load.py --url http://127.0.0.1:8080   # a running service, as it is
 
 It starts the service itself (`translate serve`, on a free 127.0.0.1 port) for each mode:
-batching on (the defaults) and off (`--max-batch-tokens 1 --max-wait-ms 0`: one request per
+batching on (the defaults) and off (`--max-batch-tokens 1 --max-wait-ms 0`: one sentence per
 decode). Each client sends a sentence, waits for the answer, sends the next; the clients take
 the sentences in turn from the first --sentences of the file, cycling, until --duration
 seconds or --max-requests requests. `translate -i` then translates those sentences once, its

@@ -238,6 +238,28 @@ def test_requests_arriving_together_share_a_batch(translator, decoding_val_sourc
         assert health["requests_decoded"] == 8 and 2 <= health["batches"] <= 4
 
 
+def test_a_long_request_is_decoded_in_parts_that_take_turns(translator, decoding_val_sources):
+    long, short = decoding_val_sources[:40], decoding_val_sources[40:41]
+    pieces = translator.src_tokenizer.encode(long)
+    budget = sum((len(p) + 1) * 2 for p in pieces) // 5  # beam 2: about five parts
+    batcher = DynamicBatcher(translator, budget, max_wait_ms=0, max_queue=8)
+    futures, finished = {}, []
+    for name, texts in (("long", long), ("short", short)):  # both queued before the worker runs
+        futures[name] = batcher.submit(texts, beam_size=2, nbest=1)
+        futures[name].add_done_callback(lambda _, name=name: finished.append(name))
+    batcher.start()
+    results = {name: future.result(timeout=120) for name, future in futures.items()}
+    batcher.stop()
+    # The short request came second and waited for one part of the long one, not for all.
+    assert finished == ["short", "long"]
+    assert batcher.batches >= 5 and batcher.requests == 2
+    expected = translator.translate(long + short, beam_size=2)  # all at once
+    got = results["long"] + results["short"]
+    assert [r[0].text for r in got] == [r[0].text for r in expected]
+    # float32 sums in other batch shapes: the same to about 1e-7
+    assert [r[0].score for r in got] == pytest.approx([r[0].score for r in expected], abs=1e-5)
+
+
 def test_full_queue_answers_503_with_retry_after(translator):
     # The first request waits 1 s for company, holding the only place in the queue.
     with _client(translator, max_wait_ms=1000, max_queue=1) as client:

@@ -2,9 +2,12 @@
 
 One worker thread owns the model. Requests wait in a bounded FIFO queue; the worker takes the
 oldest one, waits at most `max_wait_ms` (counted from that request's arrival) for others with
-the same search options, and decodes them all in one `Translator.translate` call of at most
-`max_batch_tokens` source pieces. Requests with other options keep their place for a later
-round, so every request reaches the head of the queue in turn: none waits forever.
+the same search options, and decodes them all in one `Translator.translate` call costing at
+most `max_batch_tokens` (source pieces times beam size: the rows the search carries, times
+their length). Requests with other options keep their place for a later round, so every
+request reaches the head of the queue in turn: none waits forever. A request over the budget is
+decoded a part at a time, going to the back of the queue after each part, so a long document
+delays the requests behind it by one part's decoding, not by all of it.
 """
 
 import logging
@@ -19,9 +22,10 @@ from seq2seq.translator import MAX_SRC_LEN, TranslationResult, Translator
 
 log = logging.getLogger(__name__)
 
-# Defaults of `translate serve`. 32 one-sentence requests of Multi30k fit in one batch many
-# times over; a larger budget mostly adds latency on a CPU.
-MAX_BATCH_TOKENS = 4096  # source pieces, EOS included
+# Defaults of `translate serve`. About 100 Multi30k sentences at beam 5: 32 one-sentence
+# requests fit in one batch, and a long request's parts decode about as fast as the whole
+# (with 4096 it took 2.4 times as long at beam 16: README, Serving).
+MAX_BATCH_TOKENS = 8192  # source pieces (EOS included) times beam size
 MAX_WAIT_MS = 10.0  # how long the oldest request waits for others to join it
 MAX_QUEUE = 1024  # requests
 
@@ -34,9 +38,14 @@ class QueueFull(Exception):
 class _Job:
     texts: list[str]
     options: dict  # keyword arguments of Translator.translate; equal options share a batch
-    tokens: int  # source pieces, EOS included: what the batch budget counts
+    costs: list[int]  # of each sentence: source pieces (EOS included) times beam size
     arrived: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
+    taken: int = 0  # sentences handed to the model so far: a long request goes in parts
+    results: list = field(default_factory=list)  # of the sentences decoded so far, in order
+
+    def cost_left(self) -> int:
+        return sum(self.costs[self.taken :])
 
 
 class DynamicBatcher:
@@ -70,7 +79,8 @@ class DynamicBatcher:
         # may hold them) become "?", which SentencePiece accepts: only the count matters here.
         readable = [clean(t).encode("utf-8", "replace").decode("utf-8") for t in texts]
         pieces = self.translator.src_tokenizer.encode(readable)
-        job = _Job(texts, options, sum(min(len(p), MAX_SRC_LEN) + 1 for p in pieces))
+        beam_size = options["beam_size"]
+        job = _Job(texts, options, [(min(len(p), MAX_SRC_LEN) + 1) * beam_size for p in pieces])
         with self._changed:
             if self._stopping:
                 raise QueueFull("the service is shutting down")
@@ -86,11 +96,11 @@ class DynamicBatcher:
     def _run(self) -> None:
         while batch := self._next_batch():
             self.batches += 1
-            self.requests += len(batch)
             self._decode(batch)
 
-    def _next_batch(self) -> list[_Job]:
-        """The oldest job and the jobs with its options that fit the budget; [] to end."""
+    def _next_batch(self) -> list[tuple[_Job, int, int]]:
+        """(job, first, end) for each job with sentences in the next batch: the oldest job's
+        and those of later jobs with its options, within the budget; [] to end."""
         with self._changed:
             while not self._queue:
                 if self._stopping:
@@ -98,38 +108,53 @@ class DynamicBatcher:
                 self._changed.wait()
             head = self._queue[0]
             deadline = head.arrived + self.max_wait
-            while not self._stopping and self._tokens_like(head) < self.max_batch_tokens:
+            while not self._stopping and self._cost_like(head) < self.max_batch_tokens:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._changed.wait(remaining)
-            batch, tokens = [], 0
+            batch, cost, budget = [], 0, self.max_batch_tokens
             for job in list(self._queue):
                 if job.options != head.options:
                     continue
-                if batch and tokens + job.tokens > self.max_batch_tokens:
-                    break
-                batch.append(job)
-                tokens += job.tokens
+                first = end = job.taken
+                # The first sentence of a batch goes in whatever it costs: none waits forever.
+                while end < len(job.texts) and (cost == 0 or cost + job.costs[end] <= budget):
+                    cost += job.costs[end]
+                    end += 1
+                if end == first:
+                    break  # the budget is spent
+                batch.append((job, first, end))
+                job.taken = end
                 self._queue.remove(job)
+                if end < len(job.texts):
+                    self._queue.append(job)  # the rest waits its turn behind the others
+                    break
             return batch
 
-    def _tokens_like(self, head: _Job) -> int:
-        return sum(job.tokens for job in self._queue if job.options == head.options)
+    def _cost_like(self, head: _Job) -> int:
+        return sum(job.cost_left() for job in self._queue if job.options == head.options)
 
-    def _decode(self, batch: list[_Job]) -> None:
-        texts = [text for job in batch for text in job.texts]
+    def _decode(self, batch: list[tuple[_Job, int, int]]) -> None:
+        texts = [text for job, first, end in batch for text in job.texts[first:end]]
         try:
-            results = self.translator.translate(texts, **batch[0].options)
+            results = self.translator.translate(texts, **batch[0][0].options)
         except Exception as e:
             if len(batch) > 1:  # find the request that fails; the others still get answers
-                for job in batch:
-                    self._decode([job])
+                for part in batch:
+                    self._decode([part])
                 return
             log.exception("translation failed")
-            batch[0].future.set_exception(e)
+            job = batch[0][0]
+            with self._changed:  # its other parts are not decoded
+                if job in self._queue:
+                    self._queue.remove(job)
+            job.future.set_exception(e)
             return
         start = 0
-        for job in batch:
-            job.future.set_result(results[start : start + len(job.texts)])
-            start += len(job.texts)
+        for job, first, end in batch:
+            job.results += results[start : start + end - first]
+            start += end - first
+            if len(job.results) == len(job.texts):
+                self.requests += 1
+                job.future.set_result(job.results)

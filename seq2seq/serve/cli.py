@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     batching = parser.add_argument_group("dynamic batching")
     batching.add_argument(
         "--max-batch-tokens", type=positive_int, default=MAX_BATCH_TOKENS,
-        help="source pieces decoded together at most (1: one request at a time)",
+        help="source pieces times beam size decoded together at most (1: a sentence at a time)",
     )
     batching.add_argument(
         "--max-wait-ms", type=non_negative_float, default=MAX_WAIT_MS,
