@@ -34,7 +34,7 @@ class QueueFull(Exception):
     """The queue holds `max_queue` requests already: the client should retry later."""
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: `in` and `remove` on the queue compare identities
 class _Job:
     texts: list[str]
     options: dict  # keyword arguments of Translator.translate; equal options share a batch
