@@ -14,6 +14,7 @@ import dataclasses
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -298,6 +299,15 @@ def read_step(path: str | os.PathLike) -> int | None:
     """
     step = read_checkpoint(Path(path), "cpu", mmap=True).get("global_step")
     return step if isinstance(step, int) else None
+
+
+def check_distinct(paths: Sequence[str | os.PathLike]) -> None:
+    """Raise CheckpointError naming a model given twice (a shell glob that overlaps a name, say):
+    averaged or ensembled, it would weigh double without a word."""
+    seen: dict[Path, str | os.PathLike] = {}
+    for path in paths:
+        if (same := seen.setdefault(Path(path).resolve(), path)) is not path:
+            raise CheckpointError(f"{path}: given twice (as {same}); each model counts once")
 
 
 def check_same_vocabulary(

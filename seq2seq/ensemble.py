@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from seq2seq.checkpoint import LoadedModel, check_same_vocabulary, load_model
+from seq2seq.checkpoint import LoadedModel, check_distinct, check_same_vocabulary, load_model
 from seq2seq.model import DecoderState, EncoderMemory, Seq2Seq
 
 COMBINE = ("log_prob", "prob")
@@ -81,10 +81,12 @@ def load_ensemble(
     `combine`).
 
     Raises checkpoint.CheckpointError (one line naming the file) for a file that cannot be
-    loaded or that does not match the first: other SentencePiece models or other languages.
+    loaded, that does not match the first (other SentencePiece models or other languages), or
+    that is given twice.
     """
     if not paths:
         raise ValueError("load_ensemble needs at least one checkpoint")
+    check_distinct(paths)
     first, *others = [load_model(p, map_location) for p in paths]
     for path, other in zip(paths[1:], others, strict=True):
         check_same_vocabulary(paths[0], first, path, other)

@@ -94,7 +94,7 @@ def test_a_checkpoint_given_twice_is_refused(script, checkpoints, tmp_path, caps
     assert script.main(argv) == 2
     assert capsys.readouterr().err == (
         f"average_checkpoints: error: {again}: given twice (as {checkpoints[1]}); each "
-        "checkpoint counts once\n"
+        "model counts once\n"
     )
     assert not output.exists()
 

@@ -158,6 +158,17 @@ def test_members_must_share_tokenizers_and_languages(
         assert str(path) in str(error.value) and "\n" not in str(error.value)
 
 
+def test_a_model_given_twice_is_refused(tmp_path, decoding_checkpoint, other_checkpoint):
+    # An overlapping glob (-m 'runs/*/best.ckpt' -m runs/a/best.ckpt) would weigh it double.
+    folder = decoding_checkpoint.parent
+    again = folder / ".." / folder.name / decoding_checkpoint.name  # another name, the same file
+    with pytest.raises(CheckpointError) as error:
+        load_ensemble([decoding_checkpoint, other_checkpoint, again])
+    assert str(error.value) == (
+        f"{again}: given twice (as {decoding_checkpoint}); each model counts once"
+    )
+
+
 def test_translator_from_checkpoints(decoding_checkpoint, other_checkpoint, decoding_val_sources):
     texts = decoding_val_sources[:3]
     single = Translator.from_checkpoints([decoding_checkpoint])

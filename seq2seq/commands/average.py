@@ -22,6 +22,7 @@ from seq2seq.arguments import OneLineErrorParser, positive_int
 from seq2seq.checkpoint import (
     CheckpointError,
     LoadedModel,
+    check_distinct,
     check_same_vocabulary,
     load_model,
     read_step,
@@ -46,10 +47,7 @@ def average(paths: Sequence[Path]) -> LoadedModel:
     Raises CheckpointError (one line naming the file) for a file unusable or unlike the first,
     or given twice (a shell glob that overlaps a name, say), which would weigh it double.
     """
-    seen: dict[Path, Path] = {}
-    for path in paths:
-        if (same := seen.setdefault(Path(path).resolve(), path)) is not path:
-            raise CheckpointError(f"{path}: given twice (as {same}); each checkpoint counts once")
+    check_distinct(paths)
     first = load_model(paths[0])
     state = first.model.state_dict()
     # Sums in float64, in fresh tensors: a tied weight is one tensor under several keys, and
