@@ -82,7 +82,7 @@ def test_other_config_is_refused(script, checkpoints, tmp_path, decoding_tokeniz
     output = tmp_path / "never.ckpt"
     assert script.main([str(checkpoints[0]), str(other), "--output", str(output)]) == 2
     (message,) = capsys.readouterr().err.splitlines()
-    assert message.startswith("average_checkpoints: error:") and str(other) in message
+    assert message.startswith("seq2seq-average: error:") and str(other) in message
     assert "model config differs" in message
     assert not output.exists()
 
@@ -93,7 +93,7 @@ def test_a_checkpoint_given_twice_is_refused(script, checkpoints, tmp_path, caps
     argv = [str(checkpoints[0]), str(checkpoints[1]), str(again), "--output", str(output)]
     assert script.main(argv) == 2
     assert capsys.readouterr().err == (
-        f"average_checkpoints: error: {again}: given twice (as {checkpoints[1]}); each "
+        f"seq2seq-average: error: {again}: given twice (as {checkpoints[1]}); each "
         "model counts once\n"
     )
     assert not output.exists()
@@ -104,8 +104,8 @@ def test_usage_errors_are_one_line(script, tmp_path, capsys):
         script.main(["--output", str(tmp_path / "never.ckpt")])
     assert exit_.value.code == 2
     assert capsys.readouterr().err == (
-        "average_checkpoints: error: give either checkpoint files or --last N --dir DIR "
-        "(see average_checkpoints --help)\n"
+        "seq2seq-average: error: give either checkpoint files or --last N --dir DIR "
+        "(see seq2seq-average --help)\n"
     )
 
 

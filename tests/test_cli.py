@@ -177,11 +177,12 @@ def test_decode_prints_its_scores_when_the_output_cannot_be_written(
     assert decode.main(["-m", str(decoding_checkpoint), *files, "--output", "/dev/full"]) == 2
     out, error = capsys.readouterr()
     assert out.startswith("BLEU")  # the decoding is not lost
-    assert error == "decode: error: --output /dev/full: No space left on device\n"
+    assert error == "seq2seq-decode: error: --output /dev/full: No space left on device\n"
     # A folder that cannot be made fails before the model is loaded.
     unmakeable = tmp_path / "test.de" / "hyp.en"  # below a file
     assert decode.main(["-m", "never-read.ckpt", *files, "--output", str(unmakeable)]) == 2
-    assert capsys.readouterr().err.startswith(f"decode: error: --output {unmakeable}: cannot")
+    error = capsys.readouterr().err
+    assert error.startswith(f"seq2seq-decode: error: --output {unmakeable}: cannot")
 
 
 def test_bad_checkpoint_exits_2(tmp_path):

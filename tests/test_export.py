@@ -130,7 +130,7 @@ def test_push_to_hub_offline_is_one_line(decoding_checkpoint, tmp_path, capsys, 
     ])
     assert code == 2
     error = capsys.readouterr().err
-    assert error.startswith("export: error: org/name: cannot upload to the Hugging Face hub (")
+    assert error.startswith("seq2seq-export: error: org/name: cannot upload to the Hugging Face")
     assert error.count("\n") == 1
     assert (tmp_path / CARD_FILE).is_file()  # the folder is written first
 
@@ -162,7 +162,7 @@ def test_bad_options(argv, words, capsys):
 
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):
     assert export.main([str(tmp_path / "no.ckpt"), "--output", str(tmp_path / "out")]) == 2
-    message = f"export: error: {tmp_path / 'no.ckpt'}: no such checkpoint file\n"
+    message = f"seq2seq-export: error: {tmp_path / 'no.ckpt'}: no such checkpoint file\n"
     assert capsys.readouterr().err == message
 
 
@@ -174,6 +174,6 @@ def test_a_bad_test_set_fails_before_the_folder_is_written(decoding_checkpoint, 
     argv = [str(decoding_checkpoint), "--output", str(output)]
     assert export.main([*argv, "--eval-src", str(sources), "--eval-ref", str(references)]) == 2
     assert capsys.readouterr().err == (
-        f"export: error: {sources} has 2 lines but {references} has 1\n"
+        f"seq2seq-export: error: {sources} has 2 lines but {references} has 1\n"
     )
     assert not output.exists()  # not a folder without its model card

@@ -75,7 +75,7 @@ def test_resumed_run_is_joined_in_time_order(plot_curves, tmp_path):
 def test_a_folder_without_events_is_one_line(plot_curves, tmp_path, capsys):
     assert plot_curves.main([str(tmp_path), "--output", str(tmp_path / "c.png")]) == 2
     (message,) = capsys.readouterr().err.splitlines()
-    assert message.startswith("plot_curves: error:") and str(tmp_path) in message
+    assert message.startswith("seq2seq-plot-curves: error:") and str(tmp_path) in message
 
 
 @pytest.mark.parametrize(("name", "words"), [("", "a folder"), ("curves", "name a .png file")])
@@ -85,5 +85,5 @@ def test_an_output_matplotlib_would_rename_is_refused(plot_curves, tmp_path, cap
         plot_curves.main([str(tmp_path), "--output", str(output)])
     assert exit_.value.code == 2
     (message,) = capsys.readouterr().err.splitlines()
-    assert message.startswith(f"plot_curves: error: --output {output}: {words}"), message
+    assert message.startswith(f"seq2seq-plot-curves: error: --output {output}: {words}"), message
     assert list(tmp_path.parent.glob(f"{tmp_path.name}*.png")) == []

@@ -29,6 +29,8 @@ from seq2seq.checkpoint import (
     save_model,
 )
 
+PROG = "seq2seq-average"  # its console script's name, in every message
+
 
 def _check_same(first_path: Path, first: LoadedModel, path: Path, other: LoadedModel) -> None:
     check_same_vocabulary(first_path, first, path, other)
@@ -80,7 +82,7 @@ def newest(directory: Path, count: int) -> list[Path]:
     for path in sorted(directory.glob("*.ckpt")):
         step = read_step(path)
         if step is None:
-            print(f"average_checkpoints: skipping {path}: no training step", file=sys.stderr)
+            print(f"{PROG}: skipping {path}: no training step", file=sys.stderr)
         else:
             by_step.setdefault(step, path)
     if len(by_step) < count:
@@ -92,7 +94,7 @@ def newest(directory: Path, count: int) -> list[Path]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineErrorParser(
-        prog="average_checkpoints",
+        prog=PROG,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             averaged.tgt_lang,
         )
     except (CheckpointError, OSError) as e:
-        print(f"average_checkpoints: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     print(f"averaged {len(paths)} checkpoints into {args.output}: {' '.join(map(str, paths))}")
     return 0

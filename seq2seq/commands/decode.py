@@ -27,9 +27,11 @@ from seq2seq.cli import (
 from seq2seq.data.corpus import read_test_set
 from seq2seq.metrics import corpus_scores
 
+PROG = "seq2seq-decode"  # its console script's name, in every message
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = OneLineErrorParser(prog="seq2seq-decode", description=__doc__.split("\n")[0])
+    parser = OneLineErrorParser(prog=PROG, description=__doc__.split("\n")[0])
     add_decoding_options(parser, "--checkpoint,-m,--model")
     parser.add_argument("--src", required=True, type=Path, help="source sentences, plain or .gz")
     parser.add_argument("--ref", required=True, type=Path, help="references, plain or .gz")
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(message: str) -> int:
-    print(f"decode: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {message}", file=sys.stderr)
     return 2
 
 

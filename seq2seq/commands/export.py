@@ -30,6 +30,8 @@ from seq2seq.translator import BEAM_SIZE, Translator
 
 RUN_CONFIG = "config.yaml"  # what Lightning's CLI writes into a run folder
 
+PROG = "seq2seq-export"  # its console script's name, in every message
+
 
 def training_config(path: Path) -> dict | None:
     """The configuration a training checkpoint came from: the run's config.yaml beside its
@@ -57,7 +59,7 @@ def training_config(path: Path) -> dict | None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineErrorParser(
-        prog="export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "checkpoints", nargs="+", type=Path, metavar="CKPT",
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             url = push_to_hub(args.output, args.push_to_hub)
             print(f"pushed {args.output} to {url}")
     except (CheckpointError, CorpusError, OSError) as e:
-        print(f"export: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     return 0
 

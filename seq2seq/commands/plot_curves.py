@@ -19,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import SCALARS, Even
 
 from seq2seq.arguments import OneLineErrorParser
 
+PROG = "seq2seq-plot-curves"  # its console script's name, in every message
 PANELS = {"val/bleu": "validation BLEU", "train/loss": "training loss"}
 
 
@@ -83,7 +84,7 @@ def plot(runs: list[Run], output: Path, groups: list[str] | None = None) -> None
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineErrorParser(
-        prog="plot_curves",
+        prog=PROG,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = [Run(run_dir) for run_dir in args.run_dirs]
         plot(runs, args.output)
     except (OSError, ValueError) as e:
-        print(f"plot_curves: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.output}")
     return 0
