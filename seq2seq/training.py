@@ -45,6 +45,10 @@ class TrainingConfig(ModelConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        for f in fields(TrainingConfig):  # YAML reads .inf and .nan as floats
+            value = getattr(self, f.name)
+            if f.type is float and not math.isfinite(value):
+                raise ValueError(f"model.{f.name} must be a finite number, got {value!r}")
         checks = {
             "label_smoothing": 0.0 <= self.label_smoothing < 1.0,
             "lr": self.lr > 0,

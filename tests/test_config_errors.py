@@ -33,6 +33,11 @@ CASES = {
     "negative attention": (["--model.attention_size", "-4"], "model.attention_size"),
     "dropout 1.5": (["--model.dropout", "1.5"], "model.dropout"),
     "learning rate 0": (["--model.lr", "0"], "model.lr"),
+    # YAML's .inf and .nan are floats (the command line's "inf" is a string, refused as one).
+    "learning rate .inf": ({"model": {"lr": float("inf")}}, "model.lr must be a finite number"),
+    "validation length .inf": (  # found only at the first validation, after training steps
+        {"model": {"val_max_len_a": float("inf")}}, "model.val_max_len_a must be a finite"
+    ),
     "vocabulary 0": (["--data.vocab_size", "0"], "data.vocab_size"),
     "max_tokens below max_len": (["--data.max_tokens", "20"], "data.max_tokens"),
     "length ratio below 1": (["--data.max_ratio", "0.5"], "data.max_ratio"),
