@@ -245,7 +245,14 @@ def load_pretrained(
         return _load_folder(Path(name), map_location)
     if not is_hub_id(str(name)):
         raise CheckpointError(f"{name}: no such model folder")
-    return _load_folder(_download(str(name), revision), map_location)
+    folder = _download(str(name), revision)
+    for file in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (folder / file).is_file():  # is_file follows the cache's link to its blob
+            raise CheckpointError(
+                f"{name}: no {file} in its copy in the Hugging Face cache ({folder}): a download "
+                "that was cut short, or not a seq2seq model folder"
+            )
+    return _load_folder(folder, map_location)
 
 
 def push_to_hub(folder: str | os.PathLike, repo_id: str) -> str:

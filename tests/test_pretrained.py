@@ -322,6 +322,17 @@ def test_hub_id_not_cached_offline_is_one_line(offline_cache):
         Translator.from_pretrained(REPO_ID, revision="v2")  # a revision the cache lacks
 
 
+def test_a_hub_model_cached_in_part_is_one_line_naming_the_file(offline_cache):
+    snapshot = next(offline_cache.glob("models--*/snapshots/*"))
+    (snapshot / WEIGHTS_FILE).unlink()  # as a download cut short leaves it
+    with pytest.raises(CheckpointError) as error:
+        Translator.from_pretrained(REPO_ID)
+    assert str(error.value) == (
+        f"{REPO_ID}: no {WEIGHTS_FILE} in its copy in the Hugging Face cache ({snapshot}): a "
+        "download that was cut short, or not a seq2seq model folder"
+    )
+
+
 def test_revision_of_a_folder_is_refused(folder):
     with pytest.raises(CheckpointError, match="revision applies to hub ids"):
         load_pretrained(folder, revision="main")
