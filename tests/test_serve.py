@@ -329,12 +329,20 @@ def test_a_port_in_use_is_one_line_before_the_model_loads(capsys):
     )
 
 
-def test_a_port_out_of_range_is_a_usage_error(capsys):
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--port", "70000"], "argument --port: must be from 0 to 65535"),
+        # An empty host (an unset variable in a script) would listen on every interface.
+        (["--host", ""], "argument --host: must not be empty"),
+    ],
+)
+def test_a_port_or_host_that_cannot_be_is_a_usage_error(option, message, capsys):
     with pytest.raises(SystemExit) as exit_:
-        translate_main(["serve", "-m", "never-read.ckpt", "--port", "70000"])
+        translate_main(["serve", "-m", "never-read.ckpt", *option])
     assert exit_.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()
-    assert line.startswith("translate serve: error: argument --port: must be from 0 to 65535")
+    assert line.startswith(f"translate serve: error: {message}")
 
 
 def test_models_reports_the_model_cards_scores(decoding_checkpoint, decoding_pairs, tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import uvicorn
 
-from seq2seq.arguments import OneLineErrorParser, non_negative_float, positive_int
+from seq2seq.arguments import OneLineErrorParser, non_negative_float, one_line, positive_int
 from seq2seq.cli import add_precision_options, load_translator
 from seq2seq.ensemble import COMBINE, Ensemble
 from seq2seq.pretrained import CARD_FILE, is_hub_id
@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="what `translate -m` takes; repeat it to serve an ensemble",
     )
     parser.add_argument("--ensemble-combine", choices=COMBINE, default="log_prob")
-    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 listens on every interface")
+    parser.add_argument(  # "" would listen on every interface: say 0.0.0.0 to mean that
+        "--host", type=one_line, default="127.0.0.1", help="0.0.0.0 listens on every interface"
+    )
     parser.add_argument("--port", type=_port, default=8080, help="0: any free port")
     parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:1")
     add_precision_options(parser)
