@@ -4,6 +4,7 @@ that say what they refuse. No heavy imports, so that any command can use it."""
 import argparse
 import math
 import unicodedata
+from pathlib import Path
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -59,3 +60,16 @@ def one_line(value: str) -> str:
                 f"must be one line without control characters, got {value!r}"
             )
     return value
+
+
+def non_empty(value: str) -> str:
+    """A model (checkpoint, folder or hub id) or a file. Not empty: Path("") is the current
+    folder, so an empty name (an unset variable in a script) would be read as a model folder,
+    or `seq2seq-export --output ""` would write its README.md over the current folder's."""
+    if not value:
+        raise argparse.ArgumentTypeError("must not be empty (. is the current folder)")
+    return value
+
+
+def non_empty_path(value: str) -> Path:
+    return Path(non_empty(value))

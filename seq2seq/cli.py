@@ -31,7 +31,7 @@ from typing import BinaryIO
 import torch
 from tqdm import tqdm
 
-from seq2seq.arguments import OneLineErrorParser, positive_int
+from seq2seq.arguments import OneLineErrorParser, non_empty, positive_int
 from seq2seq.checkpoint import CheckpointError
 from seq2seq.data.corpus import LINE_END, CorpusError, read_bytes, split_lines
 from seq2seq.ensemble import COMBINE
@@ -72,6 +72,7 @@ def add_decoding_options(parser: argparse.ArgumentParser, model_option: str) -> 
         *model_option.split(","),
         dest="model",
         action="append",
+        type=non_empty,
         required=True,
         metavar="MODEL",
         help="checkpoint, model folder (scripts/export.py) or hub id (ORG/NAME); repeat it to "

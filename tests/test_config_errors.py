@@ -218,6 +218,8 @@ def test_every_shipped_config_parses(config, train, capsys, monkeypatch):
         (["--max-len-a", "-1"], "--max-len-a: must be a finite number >= 0"),
         (["--max-len-b=-inf"], "--max-len-b: must be a finite number, got -inf"),
         (["-o", "/"], "--output /: a folder, not a file"),  # before a whole file is translated
+        # Path("") is the current folder: it was read as a model folder without config.json.
+        (["-m", ""], "argument -m/--model: must not be empty (. is the current folder)"),
     ],
 )
 def test_translate_option_errors(capsys, args, option):

@@ -142,6 +142,9 @@ def test_push_to_hub_offline_is_one_line(decoding_checkpoint, tmp_path, capsys, 
         (["x.ckpt", "--output", "d", "--beam-size", "0"], "--beam-size: must be at least 1"),
         (["x.ckpt", "--output", "d", "--length-penalty", "nan"], "--length-penalty: must be a"),
         (["x.ckpt"], "--output"),
+        # Path("") is the current folder: its README.md would be replaced by the model card.
+        (["x.ckpt", "--output", ""], "argument --output: must not be empty"),
+        (["", "--output", "d"], "argument CKPT: must not be empty"),
         (["x.ckpt", "--output", export.__file__], f"--output {export.__file__}: a file, not a"),
         (  # a name printed in a line and in the card: a line break would split both
             ["x.ckpt", "--output", "d", "--eval-src", "a", "--eval-ref", "b", "--eval-name=a\nb"],

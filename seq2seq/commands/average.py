@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from seq2seq.arguments import OneLineErrorParser, positive_int
+from seq2seq.arguments import OneLineErrorParser, non_empty_path, positive_int
 from seq2seq.checkpoint import (
     CheckpointError,
     LoadedModel,
@@ -98,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("checkpoints", nargs="*", type=Path, metavar="CKPT")
+    parser.add_argument("checkpoints", nargs="*", type=non_empty_path, metavar="CKPT")
     parser.add_argument(
         "--last", type=positive_int, metavar="N", help="the N newest checkpoints in --dir"
     )

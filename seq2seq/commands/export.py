@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from seq2seq import model_card
-from seq2seq.arguments import OneLineErrorParser, one_line
+from seq2seq.arguments import OneLineErrorParser, non_empty_path, one_line
 from seq2seq.checkpoint import CheckpointError, load_model, read_checkpoint
 from seq2seq.cli import check_search_flags, output_text
 from seq2seq.commands.average import average
@@ -62,10 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "checkpoints", nargs="+", type=Path, metavar="CKPT",
+        "checkpoints", nargs="+", type=non_empty_path, metavar="CKPT",
         help="checkpoint(s) of one run; several are averaged (as average_checkpoints.py does)",
     )
-    parser.add_argument("--output", required=True, type=Path, metavar="DIR")
+    parser.add_argument("--output", required=True, type=non_empty_path, metavar="DIR")
     parser.add_argument("--eval-src", type=Path, help="test sources (plain or .gz) to score")
     parser.add_argument("--eval-ref", type=Path, help="their references")
     parser.add_argument(

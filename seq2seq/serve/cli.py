@@ -19,7 +19,13 @@ from pathlib import Path
 import torch
 import uvicorn
 
-from seq2seq.arguments import OneLineErrorParser, non_negative_float, one_line, positive_int
+from seq2seq.arguments import (
+    OneLineErrorParser,
+    non_empty,
+    non_negative_float,
+    one_line,
+    positive_int,
+)
 from seq2seq.cli import add_precision_options, load_translator
 from seq2seq.ensemble import COMBINE, Ensemble
 from seq2seq.pretrained import CARD_FILE, is_hub_id
@@ -59,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "-m", "--model", action="append", required=True, metavar="MODEL",
+        "-m", "--model", action="append", type=non_empty, required=True, metavar="MODEL",
         help="what `translate -m` takes; repeat it to serve an ensemble",
     )
     parser.add_argument("--ensemble-combine", choices=COMBINE, default="log_prob")
