@@ -18,6 +18,7 @@ output for a sentence does not depend on what else is in its batch.
 """
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -64,6 +65,15 @@ def check_search_options(
     """The one rule for the search options; raises SearchOptionError naming the first one out of
     range. A NaN or infinite length penalty or limit would fail every sentence (or rank
     silently by log-probability), so it is refused here, before any sentence is searched."""
+    # A bool is an int to Python, and 2.0 is no beam size: either failed deep inside torch.
+    for option, value in (("beam_size", beam_size), ("nbest", nbest), ("min_len", min_len)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise SearchOptionError(option, f"must be an integer, got {value!r}")
+    for option, value in (
+        ("length_penalty", length_penalty), ("max_len_a", max_len_a), ("max_len_b", max_len_b)
+    ):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise SearchOptionError(option, f"must be a number, got {value!r}")
     if beam_size < 1:
         raise SearchOptionError("beam_size", f"must be at least 1, got {beam_size}")
     if not 1 <= nbest <= beam_size:

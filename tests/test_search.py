@@ -228,6 +228,12 @@ def test_nbest_larger_than_beam_is_refused():
         ({"max_len_a": -0.5}, "max_len_a"),
         ({"max_len_b": -math.inf}, "max_len_b"),
         ({"min_len": -1}, "min_len"),
+        # Wrong types failed deep inside torch (2.0 beams), or passed (True beams).
+        ({"beam_size": 2.0}, "beam_size"),
+        ({"beam_size": True}, "beam_size"),
+        ({"beam_size": 2, "nbest": 1.5}, "nbest"),
+        ({"length_penalty": "1"}, "length_penalty"),
+        ({"max_len_b": False}, "max_len_b"),
     ],
 )
 def test_options_out_of_range_are_refused_before_searching(options, option):
