@@ -143,8 +143,9 @@ class Translator:
         for texts that are not a list of str, before any text is translated.
         """
         check_search_options(beam_size, nbest, length_penalty, max_len_a, max_len_b, min_len)
-        if batch_size < 1 or max_src_len < 1:
-            raise ValueError("batch_size and max_src_len must be >= 1")
+        for name, value in (("batch_size", batch_size), ("max_src_len", max_src_len)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
         if isinstance(texts, str):  # would be read as one sentence per character
             raise TypeError("texts: a list of sentences, got one str (translate([text]))")
         for i, text in enumerate(texts):

@@ -73,6 +73,10 @@ def test_bad_arguments_are_refused(translator):
         translator.translate(["Ein Hund."], beam_size=2, nbest=3)
     with pytest.raises(ValueError, match="length_penalty: must be a finite number"):
         translator.translate([""], length_penalty=float("nan"))  # even with nothing to search
+    with pytest.raises(ValueError, match=r"batch_size: must be an integer >= 1, got 1.5"):
+        translator.translate(["Ein Hund."], batch_size=1.5)
+    with pytest.raises(ValueError, match=r"max_src_len: must be an integer >= 1, got 0"):
+        translator.translate(["Ein Hund."], max_src_len=0)
     with pytest.raises(TypeError, match=r"got one str \(translate\(\[text\]\)\)"):
         translator.translate("Ein Hund.")  # not nine one-character sentences
     with pytest.raises(TypeError, match=r"texts\[1\]: a str, got bytes"):
