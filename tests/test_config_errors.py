@@ -42,6 +42,7 @@ CASES = {
     "max_tokens below max_len": (["--data.max_tokens", "20"], "data.max_tokens"),
     "length ratio below 1": (["--data.max_ratio", "0.5"], "data.max_ratio"),
     "no validation lines": (["--data.val_lines", "0"], "data.val_lines"),
+    "negative loader workers": (["--data.num_workers", "-1"], "data.num_workers"),
     "unknown SentencePiece model type": (["--data.spm_model_type", "foo"], "data.spm_model_type"),
     "no batches to accumulate": (
         ["--trainer.accumulate_grad_batches", "0"], "trainer.accumulate_grad_batches"
