@@ -95,6 +95,13 @@ def check_search_options(
         raise SearchOptionError("min_len", f"must be at least 0, got {min_len}")
 
 
+def output_limit(
+    src_length: int, max_len_a: float = MAX_LEN_A, max_len_b: float = MAX_LEN_B, min_len: int = 1
+) -> int:
+    """The most output tokens before EOS for a source of `src_length` pieces, EOS included."""
+    return max(int(max_len_a * src_length + max_len_b), min_len)
+
+
 def _max_lengths(
     src_lengths: torch.Tensor, max_len_a: float, max_len_b: float, min_len: int
 ) -> torch.Tensor:
@@ -102,7 +109,7 @@ def _max_lengths(
 
     Computed in Python so that a sentence's limit is the same exact number in any batch.
     """
-    limits = [max(int(max_len_a * n + max_len_b), min_len) for n in src_lengths.tolist()]
+    limits = [output_limit(n, max_len_a, max_len_b, min_len) for n in src_lengths.tolist()]
     return torch.tensor(limits, dtype=torch.long, device=src_lengths.device)
 
 

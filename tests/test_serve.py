@@ -15,6 +15,7 @@ pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[
 from fastapi.testclient import TestClient  # noqa: E402
 
 from seq2seq.cli import main as translate_main  # noqa: E402
+from seq2seq.search import output_limit  # noqa: E402
 from seq2seq.serve.app import create_app  # noqa: E402
 from seq2seq.serve.batcher import DynamicBatcher  # noqa: E402
 from seq2seq.serve.cli import describe_models  # noqa: E402
@@ -258,6 +259,21 @@ def test_a_long_request_is_decoded_in_parts_that_take_turns(translator, decoding
     assert [r[0].text for r in got] == [r[0].text for r in expected]
     # float32 sums in other batch shapes: the same to about 1e-7
     assert [r[0].score for r in got] == pytest.approx([r[0].score for r in expected], abs=1e-5)
+
+
+def test_attention_that_could_outgrow_its_limit_is_refused_before_decoding(translator):
+    text = ["Ein Mann fährt Fahrrad."]
+    n = len(translator.src_tokenizer.encode(text)[0]) + 1  # EOS
+    one = n * (output_limit(n) + 1)  # the most weights its attention can hold
+    with _client(translator, Limits(max_attention_weights=one)) as client:
+        assert len(_translate(client, text, return_attention=True)[0]["attention"]["weights"])
+        response = client.post("/v1/translate", json={"text": text * 2, "return_attention": True})
+        assert (response.status_code, response.json()) == (422, {"error": (
+            f"return_attention: up to {2 * one:,} weights for these sentences; this server "
+            f"returns at most {one:,} (send fewer or shorter sentences, or leave it off)"
+        )})
+        assert _translate(client, text * 2)  # without attention: no limit
+        assert client.get("/health").json()["requests_decoded"] == 2  # the refused one: never
 
 
 def test_full_queue_answers_503_with_retry_after(translator):

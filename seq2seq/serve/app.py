@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from seq2seq.cli import output_text
+from seq2seq.search import output_limit
 from seq2seq.serve.batcher import DynamicBatcher, QueueFull
 from seq2seq.serve.schema import (
     Attention,
@@ -93,6 +94,18 @@ def parse_request(body: bytes, limits: Limits) -> TranslateRequest:
         raise BadRequest(422, error_message(e)) from None
 
 
+def _check_attention_size(lengths: list[int], limit: int) -> None:
+    """Refuse, before decoding, attention that could outgrow `limit` weights: a sentence's
+    weights are its source length times its output length, EOS included in both."""
+    most = sum(n * (output_limit(n) + 1) for n in lengths)
+    if most > limit:
+        raise BadRequest(
+            422,
+            f"return_attention: up to {most:,} weights for these sentences; this server returns "
+            f"at most {limit:,} (send fewer or shorter sentences, or leave it off)",
+        )
+
+
 def _translation(nbest: list[TranslationResult], request: TranslateRequest) -> Translation:
     best = nbest[0]
     return Translation(
@@ -156,8 +169,13 @@ def create_app(batcher: DynamicBatcher, models: dict, limits: Limits) -> FastAPI
         """One translation per sentence of `text`, in order: the line `translate` prints."""
         body = await _read_body(request, limits.max_body_bytes)
         req = parse_request(body, limits)
+        lengths = batcher.source_lengths(req.text)
+        if req.return_attention:
+            _check_attention_size(lengths, limits.max_attention_weights)
         try:
-            future = batcher.submit(req.text, beam_size=req.beam_size, nbest=req.nbest)
+            future = batcher.submit(
+                req.text, lengths, beam_size=req.beam_size, nbest=req.nbest
+            )
         except QueueFull as e:
             return _error(503, f"busy: {e}; retry later", {"Retry-After": str(RETRY_AFTER_S)})
         try:

@@ -73,14 +73,21 @@ class DynamicBatcher:
             self._changed.notify()
         self._worker.join()
 
-    def submit(self, texts: list[str], **options) -> "Future[list[list[TranslationResult]]]":
-        """Queue texts for translation; raises QueueFull when `max_queue` requests wait."""
-        # Counted as the translator will see them, cut to MAX_SRC_LEN; lone surrogates (JSON
-        # may hold them) become "?", which SentencePiece accepts: only the count matters here.
+    def source_lengths(self, texts: list[str]) -> list[int]:
+        """Each text's length as the model will read it: pieces cut to MAX_SRC_LEN, and EOS."""
+        # Lone surrogates (JSON may hold them) become "?", which SentencePiece accepts: only
+        # the count matters here.
         readable = [clean(t).encode("utf-8", "replace").decode("utf-8") for t in texts]
         pieces = self.translator.src_tokenizer.encode(readable)
-        beam_size = options["beam_size"]
-        job = _Job(texts, options, [(min(len(p), MAX_SRC_LEN) + 1) * beam_size for p in pieces])
+        return [min(len(p), MAX_SRC_LEN) + 1 for p in pieces]
+
+    def submit(
+        self, texts: list[str], lengths: list[int] | None = None, **options
+    ) -> "Future[list[list[TranslationResult]]]":
+        """Queue texts for translation (`lengths`: their `source_lengths`, if known already);
+        raises QueueFull when `max_queue` requests wait."""
+        lengths = self.source_lengths(texts) if lengths is None else lengths
+        job = _Job(texts, options, [n * options["beam_size"] for n in lengths])
         with self._changed:
             if self._stopping:
                 raise QueueFull("the service is shutting down")

@@ -20,6 +20,10 @@ class Limits:
     max_line_chars: int = 10_000
     max_body_bytes: int = 1_000_000
     max_beam_size: int = 16
+    # With return_attention, weights a response may hold at most, counted before decoding as
+    # each sentence's source length times its longest possible output: 256 sentences of 50
+    # pieces fit; one of 250 pieces holds up to 97,000 (about 2 MB of JSON).
+    max_attention_weights: int = 2_000_000
 
 
 class TranslateRequest(BaseModel):
