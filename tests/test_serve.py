@@ -246,7 +246,7 @@ def test_a_long_request_is_decoded_in_parts_that_take_turns(translator, decoding
     batcher = DynamicBatcher(translator, budget, max_wait_ms=0, max_queue=8)
     futures, finished = {}, []
     for name, texts in (("long", long), ("short", short)):  # both queued before the worker runs
-        futures[name] = batcher.submit(texts, beam_size=2, nbest=1)
+        futures[name] = batcher.submit(texts, batcher.source_lengths(texts), beam_size=2, nbest=1)
         futures[name].add_done_callback(lambda _, name=name: finished.append(name))
     batcher.start()
     results = {name: future.result(timeout=120) for name, future in futures.items()}

@@ -173,9 +173,7 @@ def create_app(batcher: DynamicBatcher, models: dict, limits: Limits) -> FastAPI
         if req.return_attention:
             _check_attention_size(lengths, limits.max_attention_weights)
         try:
-            future = batcher.submit(
-                req.text, lengths, beam_size=req.beam_size, nbest=req.nbest
-            )
+            future = batcher.submit(req.text, lengths, beam_size=req.beam_size, nbest=req.nbest)
         except QueueFull as e:
             return _error(503, f"busy: {e}; retry later", {"Retry-After": str(RETRY_AFTER_S)})
         try:

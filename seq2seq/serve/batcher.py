@@ -43,9 +43,12 @@ class _Job:
     future: Future = field(default_factory=Future)
     taken: int = 0  # sentences handed to the model so far: a long request goes in parts
     results: list = field(default_factory=list)  # of the sentences decoded so far, in order
+    # sum(costs[taken:]), kept as parts are taken: the worker adds it up over the whole queue
+    # each time a request arrives while it waits.
+    cost_left: int = field(init=False)
 
-    def cost_left(self) -> int:
-        return sum(self.costs[self.taken :])
+    def __post_init__(self):
+        self.cost_left = sum(self.costs)
 
 
 class DynamicBatcher:
@@ -82,11 +85,10 @@ class DynamicBatcher:
         return [min(len(p), MAX_SRC_LEN) + 1 for p in pieces]
 
     def submit(
-        self, texts: list[str], lengths: list[int] | None = None, **options
+        self, texts: list[str], lengths: list[int], **options
     ) -> "Future[list[list[TranslationResult]]]":
-        """Queue texts for translation (`lengths`: their `source_lengths`, if known already);
-        raises QueueFull when `max_queue` requests wait."""
-        lengths = self.source_lengths(texts) if lengths is None else lengths
+        """Queue texts (`lengths`: their `source_lengths`) for translation; raises QueueFull
+        when `max_queue` requests wait."""
         job = _Job(texts, options, [n * options["beam_size"] for n in lengths])
         with self._changed:
             if self._stopping:
@@ -125,14 +127,17 @@ class DynamicBatcher:
                 if job.options != head.options:
                     continue
                 first = end = job.taken
+                part = 0
                 # The first sentence of a batch goes in whatever it costs: none waits forever.
-                while end < len(job.texts) and (cost == 0 or cost + job.costs[end] <= budget):
-                    cost += job.costs[end]
+                while end < len(job.texts) and (
+                    cost + part == 0 or cost + part + job.costs[end] <= budget
+                ):
+                    part += job.costs[end]
                     end += 1
                 if end == first:
                     break  # the budget is spent
                 batch.append((job, first, end))
-                job.taken = end
+                job.taken, job.cost_left, cost = end, job.cost_left - part, cost + part
                 self._queue.remove(job)
                 if end < len(job.texts):
                     self._queue.append(job)  # the rest waits its turn behind the others
@@ -140,7 +145,7 @@ class DynamicBatcher:
             return batch
 
     def _cost_like(self, head: _Job) -> int:
-        return sum(job.cost_left() for job in self._queue if job.options == head.options)
+        return sum(job.cost_left for job in self._queue if job.options == head.options)
 
     def _decode(self, batch: list[tuple[_Job, int, int]]) -> None:
         texts = [text for job, first, end in batch for text in job.texts[first:end]]
