@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     truncated = sum(nbest[0].truncated for nbest in results)
     if truncated:
         print(
-            f"decode: warning: {truncated} sources were cut to {args.max_src_len} pieces",
+            f"{PROG}: warning: {truncated} sources were cut to {args.max_src_len} pieces",
             file=sys.stderr,
         )
     write_error = None
