@@ -65,9 +65,10 @@ def _workers(value: str) -> int | str:
         ) from None
 
 
-def add_decoding_options(parser: argparse.ArgumentParser, model_option: str) -> None:
-    """The options every decoding command shares (`translate`, `seq2seq-decode`), with the
-    defaults of `Translator.translate`."""
+def add_model_options(parser: argparse.ArgumentParser, model_option: str) -> None:
+    """The options that say which model runs how (`load_translator` reads them): the models,
+    how an ensemble combines, the device and the precision; and the length penalty, which
+    every score the model gives depends on."""
     parser.add_argument(
         *model_option.split(","),
         dest="model",
@@ -78,8 +79,22 @@ def add_decoding_options(parser: argparse.ArgumentParser, model_option: str) -> 
         help="checkpoint, model folder (scripts/export.py) or hub id (ORG/NAME); repeat it to "
         "decode with an ensemble (the models must share their SentencePiece models)",
     )
-    parser.add_argument("--beam-size", type=positive_int, default=BEAM_SIZE, help="1 = greedy")
+    parser.add_argument(
+        "--ensemble-combine",
+        choices=COMBINE,
+        default=COMBINE[0],
+        help="with several models: average log-probabilities (default) or probabilities",
+    )
+    parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:1")
+    add_precision_options(parser)
     parser.add_argument("--length-penalty", type=float, default=1.0, help="GNMT alpha")
+
+
+def add_decoding_options(parser: argparse.ArgumentParser, model_option: str) -> None:
+    """The options every decoding command shares (`translate`, `seq2seq-decode`), with the
+    defaults of `Translator.translate`."""
+    add_model_options(parser, model_option)
+    parser.add_argument("--beam-size", type=positive_int, default=BEAM_SIZE, help="1 = greedy")
     parser.add_argument(
         "--max-len-a", type=float, default=MAX_LEN_A, help="max output: a*src_len+b"
     )
@@ -92,13 +107,6 @@ def add_decoding_options(parser: argparse.ArgumentParser, model_option: str) -> 
     )
     parser.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE, help="sentences")
     parser.add_argument(
-        "--ensemble-combine",
-        choices=COMBINE,
-        default=COMBINE[0],
-        help="with several models: average log-probabilities (default) or probabilities",
-    )
-    parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:1")
-    parser.add_argument(
         "--workers",
         type=_workers,
         default=1,
@@ -106,7 +114,6 @@ def add_decoding_options(parser: argparse.ArgumentParser, model_option: str) -> 
         help="translate a whole file (not a pipe) on N processes, the cores' threads shared "
         f"among them; {AUTO!r}: one process per core",
     )
-    add_precision_options(parser)
 
 
 def check_search_flags(parser: argparse.ArgumentParser, **options) -> None:
@@ -123,8 +130,14 @@ def check_decoding_flags(parser: argparse.ArgumentParser, args: argparse.Namespa
     an --output that is a folder: found now, not after the whole input is translated."""
     options = {name: getattr(args, name) for name in SEARCH_FLAGS}
     check_search_flags(parser, nbest=getattr(args, "nbest", 1), **options)
-    if args.output is not None and args.output.is_dir():
-        parser.error(f"--output {args.output}: a folder, not a file")
+    check_output(parser, args.output)
+
+
+def check_output(parser: argparse.ArgumentParser, output: Path | None) -> None:
+    """An --output that is a folder is a usage error: found now, not after the whole input is
+    done."""
+    if output is not None and output.is_dir():
+        parser.error(f"--output {output}: a folder, not a file")
 
 
 def add_precision_options(parser: argparse.ArgumentParser) -> None:
@@ -234,6 +247,13 @@ def _worker_died(e: BrokenProcessPool) -> int:
 
 def _warn(message: str) -> None:
     tqdm.write(f"translate: warning: {message}", file=sys.stderr)
+
+
+def reader_gone() -> int:
+    """The exit status once stdout's reader went away (e.g. `| head`): stop quietly, with
+    stdout sent to /dev/null so that Python's own flush at exit does not raise again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
 
 
 def output_text(result: TranslationResult) -> str:
@@ -411,10 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         return _worker_died(e)
     except OSError as e:
         if isinstance(e, BrokenPipeError):
-            # The reader went away (e.g. `| head`): stop quietly, and keep Python's own
-            # flush at exit from raising again.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 1
+            return reader_gone()
         # A failed write (a full disk) names no file: it is the output.
         return _fail(f"{e.filename or args.output or 'stdout'}: {e.strerror or e}")
     except KeyboardInterrupt:

@@ -1,4 +1,5 @@
-"""Greedy and batched beam search over the model's interface only.
+"""Greedy and batched beam search, and forced decoding of given outputs, over the model's
+interface only.
 
 The model is used through `encode`, `decode_step`, `reorder_state` and `reorder_memory`, so
 search knows nothing about LSTMs or attention internals. Beam search keeps the state per beam
@@ -143,12 +144,52 @@ def greedy_search(
     `length_penalty` only scales the reported score, so that it means the same as beam search's.
     """
     check_search_options(1, 1, length_penalty, max_len_a, max_len_b, min_len)
+    max_lens = _max_lengths(src_lengths, max_len_a, max_len_b, min_len)  # (B,)
+    return _token_by_token(model, src, src_lengths, length_penalty, max_lens, min_len)
+
+
+@torch.inference_mode()
+def force_decode(
+    model,
+    src: torch.Tensor,
+    src_lengths: torch.Tensor,
+    targets: torch.Tensor,
+    length_penalty: float = 1.0,
+) -> list[Hypothesis]:
+    """src (B, S) as for search, targets (B, T): output ids, each ending in EOS, padded with PAD
+    -> the hypothesis each target is, scored exactly as the searches score theirs (token by
+    token, float64 totals, the same length penalty), with the attention that produced it.
+
+    This is the model's probability of a given translation: scoring references (perplexity),
+    reranking, filtering a corpus, or the attention as an alignment of a given pair.
+    """
+    check_search_options(length_penalty=length_penalty)
+    if targets.size(0) != src.size(0):
+        raise ValueError(f"{targets.size(0)} targets for {src.size(0)} sources")
+    # The loop below ends a row at its EOS: one EOS, last, or a row would never end.
+    lengths = (targets != PAD_ID).sum(1, keepdim=True)  # (B, 1) EOS included
+    last = targets.gather(1, (lengths - 1).clamp(min=0))  # (B, 1)
+    if not bool(((targets == EOS_ID).sum(1) == 1).all() and (last == EOS_ID).all()):
+        raise ValueError("each target must end in its only EOS, with PAD only after it")
+    return _token_by_token(model, src, src_lengths, length_penalty, targets=targets)
+
+
+def _token_by_token(
+    model,
+    src: torch.Tensor,
+    src_lengths: torch.Tensor,
+    length_penalty: float,
+    max_lens: torch.Tensor | None = None,
+    min_len: int = 1,
+    targets: torch.Tensor | None = None,
+) -> list[Hypothesis]:
+    """One token a step for each sentence until its EOS: the most probable one within max_lens
+    and min_len (greedy search), or the next of its targets (forced decoding)."""
     batch, src_len = src.shape
     if batch == 0:
         return []
     device = src.device
-    max_lens = _max_lengths(src_lengths, max_len_a, max_len_b, min_len)  # (B,)
-    steps = int(max_lens.max()) + 1
+    steps = targets.size(1) if targets is not None else int(max_lens.max()) + 1
     memory, state = model.encode(src, src_lengths)
 
     out_tokens = torch.full((batch, steps), PAD_ID, dtype=torch.long, device=device)  # (B, T)
@@ -161,8 +202,12 @@ def greedy_search(
     prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)  # (N,)
     for t in range(steps):
         log_probs, state, alphas = model.decode_step(prev, state, memory)  # (N, V), (N, S)
-        _constrain(log_probs, t, max_lens[alive] <= t, min_len)
-        best, prev = log_probs.max(dim=1)  # (N,), (N,)
+        if targets is None:
+            _constrain(log_probs, t, max_lens[alive] <= t, min_len)
+            best, prev = log_probs.max(dim=1)  # (N,), (N,)
+        else:
+            prev = targets[alive, t]  # (N,)
+            best = log_probs.gather(1, prev.unsqueeze(1)).squeeze(1)  # (N,)
         totals = totals + best.double()  # the same sums as beam search's: beam 1 == greedy
         out_tokens[alive, t] = prev
         out_log_probs[alive, t] = best

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from seq2seq.checkpoint import LoadedModel, load_model
-from seq2seq.data.batching import source_tensors
+from seq2seq.data.batching import source_tensors, target_tensor
 from seq2seq.data.corpus import clean
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.ensemble import Ensemble, load_ensemble
@@ -19,6 +19,7 @@ from seq2seq.search import (
     Hypothesis,
     beam_search,
     check_search_options,
+    force_decode,
     greedy_search,
 )
 from seq2seq.special_tokens import EOS_ID
@@ -38,6 +39,7 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 class TranslationResult:
     text: str  # detokenized
     score: float  # the search's ranking score (see search.Hypothesis)
+    log_prob: float  # the output's total log-probability, EOS included
     tokens: list[int]  # output ids, no BOS, no EOS
     token_log_probs: list[float]  # one per output token, EOS included
     attention: torch.Tensor  # (len(tgt_pieces), len(src_pieces)) float32 on the CPU
@@ -52,9 +54,26 @@ def _well_formed(text: str) -> str:
     return _SURROGATES.sub("\ufffd", text)
 
 
+def _cleaned(name: str, texts: list[str], usage: str) -> list[str]:
+    """Texts as the model reads them (`clean`, surrogates replaced); TypeError naming `name`
+    unless they are a list of str."""
+    if isinstance(texts, str):  # would be read as one sentence per character
+        raise TypeError(f"{name}: a list of sentences, got one str ({usage})")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{name}[{i}]: a str, got {type(text).__name__}")
+    return [clean(_well_formed(text)) for text in texts]
+
+
+def _check_sizes(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
+
+
 def empty_result() -> TranslationResult:
     """What an empty input translates to, without asking the model."""
-    return TranslationResult("", 0.0, [], [], torch.zeros(0, 0), [], [])
+    return TranslationResult("", 0.0, 0.0, [], [], torch.zeros(0, 0), [], [])
 
 
 class Translator:
@@ -143,15 +162,8 @@ class Translator:
         for texts that are not a list of str, before any text is translated.
         """
         check_search_options(beam_size, nbest, length_penalty, max_len_a, max_len_b, min_len)
-        for name, value in (("batch_size", batch_size), ("max_src_len", max_src_len)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
-        if isinstance(texts, str):  # would be read as one sentence per character
-            raise TypeError("texts: a list of sentences, got one str (translate([text]))")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{i}]: a str, got {type(text).__name__}")
-        ids = self.src_tokenizer.encode([clean(_well_formed(t)) for t in texts])
+        _check_sizes(batch_size=batch_size, max_src_len=max_src_len)
+        ids = self.src_tokenizer.encode(_cleaned("texts", texts, "translate([text])"))
         results: list[list[TranslationResult]] = [[empty_result()] for _ in texts]
         # Similar lengths share a batch, so little of it is padding; longest first, so that a
         # batch too large for memory fails at once rather than at the end.
@@ -164,9 +176,7 @@ class Translator:
                 max_len_a=max_len_a, max_len_b=max_len_b, length_penalty=length_penalty,
                 min_len=min_len,
             )
-            with torch.autocast(
-                self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
-            ):
+            with self._autocast():
                 if beam_size == 1:
                     nbests = [[h] for h in greedy_search(self.model, src, src_lengths, **options)]
                 else:
@@ -178,10 +188,57 @@ class Translator:
                 results[i] = [self._result(h, source, truncated) for h in hyps]
         return results
 
+    def score(
+        self,
+        sources: list[str],
+        targets: list[str],
+        length_penalty: float = 1.0,
+        batch_size: int = BATCH_SIZE,
+        max_len: int = MAX_SRC_LEN,
+    ) -> list[TranslationResult | None]:
+        """How the model scores given translations: `targets[i]` as the output for `sources[i]`,
+        forced token by token (`search.force_decode`). A result's score, log-probability and
+        token log-probabilities are what `translate` reports when its search finds that output;
+        its attention is the model's alignment of the pair.
+
+        A pair with more than `max_len` pieces on either side is not scored (None): its
+        attention alone takes source x target numbers, so the input must be bounded. Raises as
+        `translate` for an option out of range or texts that are not lists of str, and
+        ValueError for lists of different lengths.
+        """
+        check_search_options(length_penalty=length_penalty)
+        _check_sizes(batch_size=batch_size, max_len=max_len)
+        src_ids = self.src_tokenizer.encode(_cleaned("sources", sources, "score([src], [tgt])"))
+        tgt_ids = self.tgt_tokenizer.encode(_cleaned("targets", targets, "score([src], [tgt])"))
+        if len(src_ids) != len(tgt_ids):
+            raise ValueError(f"{len(src_ids)} sources but {len(tgt_ids)} targets")
+        results: list[TranslationResult | None] = [None] * len(src_ids)
+        order = sorted(
+            (i for i in range(len(src_ids)) if max(len(src_ids[i]), len(tgt_ids[i])) <= max_len),
+            key=lambda i: -len(src_ids[i]),
+        )
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            src, src_lengths = source_tensors([src_ids[i] for i in batch])
+            tgt = target_tensor([tgt_ids[i] for i in batch])
+            src, src_lengths, tgt = (t.to(self.device) for t in (src, src_lengths, tgt))
+            with self._autocast():
+                hyps = force_decode(self.model, src, src_lengths, tgt, length_penalty)
+            for i, hyp in zip(batch, hyps, strict=True):
+                results[i] = self._result(hyp, src_ids[i], truncated=False)
+        return results
+
+    def _autocast(self) -> torch.autocast:
+        """The search's precision: `autocast_dtype`, or float32 throughout when it is None."""
+        return torch.autocast(
+            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        )
+
     def _result(self, hyp: Hypothesis, source: list[int], truncated: bool) -> TranslationResult:
         return TranslationResult(
             text=self.tgt_tokenizer.decode([hyp.tokens])[0],
             score=hyp.score,
+            log_prob=hyp.log_prob,
             tokens=hyp.tokens,
             token_log_probs=hyp.token_log_probs,
             attention=hyp.attention,

@@ -26,7 +26,7 @@ def collate(examples: list[tuple[int, list[int], list[int]]]) -> Batch:
         src=src,  # (B, S)
         src_lengths=src_lengths,  # (B,)
         tgt_in=pad([[BOS_ID, *t] for t in tgt]),  # (B, T)
-        tgt_out=pad([[*t, EOS_ID] for t in tgt]),  # (B, T)
+        tgt_out=target_tensor(tgt),  # (B, T)
         index=torch.tensor(index, dtype=torch.long),  # (B,)
     )
 
@@ -40,6 +40,12 @@ def source_tensors(ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Te
     """
     rows = [[*s, EOS_ID] for s in ids]
     return pad(rows), torch.tensor([len(row) for row in rows], dtype=torch.long)
+
+
+def target_tensor(ids: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Target piece ids (no BOS, no EOS) -> (B, T) with EOS appended and PAD after it: what the
+    decoder must predict, in training and in `search.force_decode`."""
+    return pad([[*t, EOS_ID] for t in ids])
 
 
 def pad(rows: Sequence[Sequence[int]]) -> torch.Tensor:
