@@ -51,7 +51,12 @@ from seq2seq.workers import AUTO, TranslatorPool, plan
 READ_SIZE = 1 << 16  # bytes per read from a pipe; a terminal returns one line per read
 FILE_CHUNK_BATCHES = 16  # batches per chunk of a file: length-sorting needs many sentences
 # The options of `add_decoding_options` that search.check_search_options rules on.
-SEARCH_FLAGS = ("beam_size", "length_penalty", "max_len_a", "max_len_b")
+SEARCH_FLAGS = (
+    "beam_size", "length_penalty", "max_len_a", "max_len_b",
+    "sampling", "sampling_topk", "temperature", "seed",
+)
+# The options that apply with --sampling only, and their values without it (search.sample's).
+SAMPLING_DEFAULTS = {"sampling_topk": 0, "temperature": 1.0, "seed": 0}
 
 
 def _workers(value: str) -> int | str:
@@ -94,7 +99,27 @@ def add_decoding_options(parser: argparse.ArgumentParser, model_option: str) -> 
     """The options every decoding command shares (`translate`, `seq2seq-decode`), with the
     defaults of `Translator.translate`."""
     add_model_options(parser, model_option)
-    parser.add_argument("--beam-size", type=positive_int, default=BEAM_SIZE, help="1 = greedy")
+    parser.add_argument(
+        "--beam-size", type=positive_int, help=f"1 = greedy (default: {BEAM_SIZE})"
+    )
+    parser.add_argument(
+        "--sampling",
+        action="store_true",
+        help="draw a translation from the model's distribution instead of searching (e.g. for "
+        "back-translation); the same --seed gives the same samples",
+    )
+    parser.add_argument(
+        "--sampling-topk",
+        type=int,
+        metavar="K",
+        help="with --sampling: draw from the K most probable tokens (default: 0, all)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        help="with --sampling: p ** (1 / T); below 1 sharper, above 1 flatter (default: 1)",
+    )
+    parser.add_argument("--seed", type=int, help="with --sampling (default: 0)")
     parser.add_argument(
         "--max-len-a", type=float, default=MAX_LEN_A, help="max output: a*src_len+b"
     )
@@ -128,6 +153,14 @@ def check_search_flags(parser: argparse.ArgumentParser, **options) -> None:
 def check_decoding_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """`check_search_flags` for what `add_decoding_options` parsed (and --nbest, if any), and
     an --output that is a folder: found now, not after the whole input is translated."""
+    if args.sampling and args.beam_size is not None:
+        parser.error("argument --beam-size: does not apply with --sampling (nothing is searched)")
+    given = [name for name in SAMPLING_DEFAULTS if getattr(args, name) is not None]
+    if given and not args.sampling:
+        parser.error(f"argument --{given[0].replace('_', '-')}: applies with --sampling only")
+    args.beam_size = args.beam_size or BEAM_SIZE
+    for name, default in SAMPLING_DEFAULTS.items():
+        setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
     options = {name: getattr(args, name) for name in SEARCH_FLAGS}
     check_search_flags(parser, nbest=getattr(args, "nbest", 1), **options)
     check_output(parser, args.output)

@@ -18,8 +18,10 @@ the number of sentences still decoding, and no row ever sees another sentence's 
 output for a sentence does not depend on what else is in its batch.
 """
 
+import hashlib
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -62,22 +64,32 @@ def check_search_options(
     max_len_a: float = MAX_LEN_A,
     max_len_b: float = MAX_LEN_B,
     min_len: int = 1,
+    sampling_topk: int = 0,
+    temperature: float = 1.0,
+    seed: int = 0,
+    sampling: bool = False,
 ) -> None:
     """The one rule for the search options; raises SearchOptionError naming the first one out of
     range. A NaN or infinite length penalty or limit would fail every sentence (or rank
     silently by log-probability), so it is refused here, before any sentence is searched."""
     # A bool is an int to Python, and 2.0 is no beam size: either failed deep inside torch.
-    for option, value in (("beam_size", beam_size), ("nbest", nbest), ("min_len", min_len)):
+    for option, value in (
+        ("beam_size", beam_size), ("nbest", nbest), ("min_len", min_len),
+        ("sampling_topk", sampling_topk), ("seed", seed),
+    ):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise SearchOptionError(option, f"must be an integer, got {value!r}")
     for option, value in (
-        ("length_penalty", length_penalty), ("max_len_a", max_len_a), ("max_len_b", max_len_b)
+        ("length_penalty", length_penalty), ("max_len_a", max_len_a), ("max_len_b", max_len_b),
+        ("temperature", temperature),
     ):
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise SearchOptionError(option, f"must be a number, got {value!r}")
     if beam_size < 1:
         raise SearchOptionError("beam_size", f"must be at least 1, got {beam_size}")
-    if not 1 <= nbest <= beam_size:
+    if sampling and nbest != 1:
+        raise SearchOptionError("nbest", f"sampling draws one translation a sentence, got {nbest}")
+    if not 1 <= nbest <= beam_size and not sampling:
         raise SearchOptionError(
             "nbest", f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam_size={beam_size}"
         )
@@ -94,6 +106,12 @@ def check_search_options(
         raise SearchOptionError("max_len_b", f"must be a finite number, got {max_len_b}")
     if min_len < 0:
         raise SearchOptionError("min_len", f"must be at least 0, got {min_len}")
+    if sampling_topk < 0:
+        raise SearchOptionError("sampling_topk", f"must be at least 0, got {sampling_topk}")
+    # 1 / temperature scales the log-probabilities: 0 would divide by zero, a huge value give
+    # every token the same chance.
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise SearchOptionError("temperature", f"must be a finite number > 0, got {temperature}")
 
 
 def output_limit(
@@ -144,8 +162,76 @@ def greedy_search(
     `length_penalty` only scales the reported score, so that it means the same as beam search's.
     """
     check_search_options(1, 1, length_penalty, max_len_a, max_len_b, min_len)
+    if src.size(0) == 0:
+        return []
     max_lens = _max_lengths(src_lengths, max_len_a, max_len_b, min_len)  # (B,)
-    return _token_by_token(model, src, src_lengths, length_penalty, max_lens, min_len)
+
+    def most_probable(log_probs: torch.Tensor, alive: torch.Tensor, t: int) -> torch.Tensor:
+        _constrain(log_probs, t, max_lens[alive] <= t, min_len)
+        return log_probs.max(dim=1).indices  # (N,)
+
+    steps = int(max_lens.max()) + 1
+    return _token_by_token(model, src, src_lengths, steps, most_probable, length_penalty)
+
+
+@torch.inference_mode()
+def sample(
+    model,
+    src: torch.Tensor,
+    src_lengths: torch.Tensor,
+    sampling_topk: int = 0,
+    temperature: float = 1.0,
+    seed: int = 0,
+    max_len_a: float = MAX_LEN_A,
+    max_len_b: float = MAX_LEN_B,
+    min_len: int = 1,
+    length_penalty: float = 1.0,
+) -> list[Hypothesis]:
+    """src (B, S) as for greedy search -> one translation each, drawn token by token from the
+    model's distribution (back-translation by sampling, Edunov et al. 2018, "Understanding
+    Back-Translation at Scale"): from the `sampling_topk` most probable tokens (0: all), with
+    probabilities proportional to p ** (1 / temperature). The length limits and min_len hold as
+    in search; the reported log-probabilities are the model's own, untempered.
+
+    Sentence i draws from a generator of its own, seeded by `seed` and its source ids, so its
+    sample depends on neither its batch nor its place in the input (identical sources get the
+    same sample): the same seed gives the same samples at any batch size and on any workers.
+    """
+    check_search_options(
+        1, 1, length_penalty, max_len_a, max_len_b, min_len, sampling_topk, temperature, seed
+    )
+    if src.size(0) == 0:
+        return []
+    max_lens = _max_lengths(src_lengths, max_len_a, max_len_b, min_len)  # (B,)
+    steps = int(max_lens.max()) + 1
+    generators = [
+        _sentence_generator(seed, row[:n])
+        for row, n in zip(src.cpu(), src_lengths.tolist(), strict=True)
+    ]
+    uniforms = torch.stack(  # (B, T): each sentence's draws, one a step
+        [torch.rand(steps, dtype=torch.float64, generator=g) for g in generators]
+    ).to(src.device)
+
+    def drawn(log_probs: torch.Tensor, alive: torch.Tensor, t: int) -> torch.Tensor:
+        _constrain(log_probs, t, max_lens[alive] <= t, min_len)
+        scores = log_probs / temperature  # (N, V)
+        if sampling_topk:
+            scores, tokens = scores.topk(min(sampling_topk, scores.size(1)), dim=1)  # (N, K)
+        cdf = scores.softmax(dim=1).double().cumsum(dim=1)  # (N, K)
+        # The first token whose cumulative probability exceeds the draw; "right" never picks a
+        # token of probability 0 (a constrained one), whose cdf equals its predecessor's.
+        point = (uniforms[alive, t] * cdf[:, -1]).unsqueeze(1)  # (N, 1)
+        index = torch.searchsorted(cdf, point, right=True).clamp(max=cdf.size(1) - 1)  # (N, 1)
+        return (tokens.gather(1, index) if sampling_topk else index).squeeze(1)  # (N,)
+
+    return _token_by_token(model, src, src_lengths, steps, drawn, length_penalty)
+
+
+def _sentence_generator(seed: int, source: torch.Tensor) -> torch.Generator:
+    """A generator seeded by `seed` and a sentence's source ids (EOS included): the same for
+    that sentence wherever it is decoded."""
+    digest = hashlib.blake2b(source.numpy().tobytes(), digest_size=8, key=str(seed).encode())
+    return torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
 
 
 @torch.inference_mode()
@@ -171,25 +257,29 @@ def force_decode(
     last = targets.gather(1, (lengths - 1).clamp(min=0))  # (B, 1)
     if not bool(((targets == EOS_ID).sum(1) == 1).all() and (last == EOS_ID).all()):
         raise ValueError("each target must end in its only EOS, with PAD only after it")
-    return _token_by_token(model, src, src_lengths, length_penalty, targets=targets)
+    return _token_by_token(
+        model, src, src_lengths, targets.size(1), lambda _, alive, t: targets[alive, t],
+        length_penalty,
+    )
 
 
 def _token_by_token(
     model,
     src: torch.Tensor,
     src_lengths: torch.Tensor,
+    steps: int,
+    choose: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
     length_penalty: float,
-    max_lens: torch.Tensor | None = None,
-    min_len: int = 1,
-    targets: torch.Tensor | None = None,
 ) -> list[Hypothesis]:
-    """One token a step for each sentence until its EOS: the most probable one within max_lens
-    and min_len (greedy search), or the next of its targets (forced decoding)."""
+    """One token a step for each sentence, until its EOS or `steps`: the token that
+    choose(log_probs (N, V), alive (N,) batch rows, step) picks for each row (N,); it may mask
+    log_probs in place first (the length constraints), never change the value it picks.
+    Greedy search picks the most probable token, sampling draws one, forced decoding takes the
+    target's."""
     batch, src_len = src.shape
     if batch == 0:
         return []
     device = src.device
-    steps = targets.size(1) if targets is not None else int(max_lens.max()) + 1
     memory, state = model.encode(src, src_lengths)
 
     out_tokens = torch.full((batch, steps), PAD_ID, dtype=torch.long, device=device)  # (B, T)
@@ -202,12 +292,8 @@ def _token_by_token(
     prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)  # (N,)
     for t in range(steps):
         log_probs, state, alphas = model.decode_step(prev, state, memory)  # (N, V), (N, S)
-        if targets is None:
-            _constrain(log_probs, t, max_lens[alive] <= t, min_len)
-            best, prev = log_probs.max(dim=1)  # (N,), (N,)
-        else:
-            prev = targets[alive, t]  # (N,)
-            best = log_probs.gather(1, prev.unsqueeze(1)).squeeze(1)  # (N,)
+        prev = choose(log_probs, alive, t)  # (N,)
+        best = log_probs.gather(1, prev.unsqueeze(1)).squeeze(1)  # (N,)
         totals = totals + best.double()  # the same sums as beam search's: beam 1 == greedy
         out_tokens[alive, t] = prev
         out_log_probs[alive, t] = best

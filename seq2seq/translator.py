@@ -21,6 +21,7 @@ from seq2seq.search import (
     check_search_options,
     force_decode,
     greedy_search,
+    sample,
 )
 from seq2seq.special_tokens import EOS_ID
 
@@ -153,15 +154,24 @@ class Translator:
         batch_size: int = BATCH_SIZE,
         max_src_len: int = MAX_SRC_LEN,
         min_len: int = 1,
+        sampling: bool = False,
+        sampling_topk: int = 0,
+        temperature: float = 1.0,
+        seed: int = 0,
     ) -> list[list[TranslationResult]]:
         """The nbest translations of each text, best first, in input order.
 
         An empty text (after cleaning) gets one empty result and never reaches the model.
         `min_len` blocks EOS until that many tokens exist (benchmarks decode fixed lengths).
+        sampling=True draws one translation instead of searching (`search.sample`, which says
+        what sampling_topk, temperature and seed do; beam_size is not used there).
         Raises search.SearchOptionError (a ValueError) for an option out of range, and TypeError
         for texts that are not a list of str, before any text is translated.
         """
-        check_search_options(beam_size, nbest, length_penalty, max_len_a, max_len_b, min_len)
+        check_search_options(
+            beam_size, nbest, length_penalty, max_len_a, max_len_b, min_len,
+            sampling_topk, temperature, seed, sampling,
+        )
         _check_sizes(batch_size=batch_size, max_src_len=max_src_len)
         ids = self.src_tokenizer.encode(_cleaned("texts", texts, "translate([text])"))
         results: list[list[TranslationResult]] = [[empty_result()] for _ in texts]
@@ -177,7 +187,12 @@ class Translator:
                 min_len=min_len,
             )
             with self._autocast():
-                if beam_size == 1:
+                if sampling:
+                    drawn = sample(
+                        self.model, src, src_lengths, sampling_topk, temperature, seed, **options
+                    )
+                    nbests = [[h] for h in drawn]
+                elif beam_size == 1:
                     nbests = [[h] for h in greedy_search(self.model, src, src_lengths, **options)]
                 else:
                     nbests = beam_search(

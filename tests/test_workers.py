@@ -87,12 +87,20 @@ def pool(decoding_checkpoint):
         yield pool
 
 
-@pytest.mark.parametrize("beam_size", [1, 3])
-def test_pool_translates_as_translator(pool, decoding_checkpoint, decoding_val_sources, beam_size):
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"beam_size": 1},
+        {"beam_size": 3, "nbest": 3},
+        # Each sentence draws from its own generator: the split among processes changes nothing.
+        {"sampling": True, "sampling_topk": 20, "seed": 7},
+    ],
+)
+def test_pool_translates_as_translator(pool, decoding_checkpoint, decoding_val_sources, options):
     translator = Translator.from_checkpoint(decoding_checkpoint)
     for texts in ([], decoding_val_sources[:1], decoding_val_sources):
-        expected = translator.translate(texts, beam_size=beam_size, nbest=beam_size)
-        got = pool.translate(texts, beam_size=beam_size, nbest=beam_size)
+        expected = translator.translate(texts, **options)
+        got = pool.translate(texts, **options)
         # Texts are exact; scores agree to float32 rounding, as in any other batch (test_search).
         assert [[r.text for r in n] for n in got] == [[r.text for r in n] for n in expected]
         scores = [r.score for n in got for r in n]
