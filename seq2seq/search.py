@@ -230,7 +230,8 @@ def sample(
 def _sentence_generator(seed: int, source: torch.Tensor) -> torch.Generator:
     """A generator seeded by `seed` and a sentence's source ids (EOS included): the same for
     that sentence wherever it is decoded."""
-    digest = hashlib.blake2b(source.numpy().tobytes(), digest_size=8, key=str(seed).encode())
+    data = f"{seed}:".encode() + source.numpy().tobytes()  # any int; ":" ends its digits
+    digest = hashlib.blake2b(data, digest_size=8)
     return torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
 
 

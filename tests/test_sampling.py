@@ -70,6 +70,8 @@ def test_same_seed_same_samples_in_any_batch(
     assert sum(a.tokens != b.tokens for a, b in zip(whole, other_seed, strict=True)) >= 10
     greedy = greedy_search(decoding_model, *source_tensors(ids))
     assert sum(a.tokens != g.tokens for a, g in zip(whole, greedy, strict=True)) >= 10
+    for seed in (-1, 10**80):  # any int is a seed
+        assert len(sample(decoding_model, *source_tensors(ids[:2]), seed=seed)) == 2
 
 
 def test_reported_scores_are_the_models(decoding_model, decoding_tokenizer, decoding_val_sources):
