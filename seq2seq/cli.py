@@ -37,7 +37,16 @@ from seq2seq.data.corpus import LINE_END, CorpusError, read_bytes, split_lines
 from seq2seq.ensemble import COMBINE
 from seq2seq.errors import first_line
 from seq2seq.quantize import quantize_int8
-from seq2seq.search import MAX_LEN_A, MAX_LEN_B, SearchOptionError, check_search_options
+from seq2seq.search import (
+    MAX_LEN_A,
+    MAX_LEN_B,
+    SAMPLING_DEFAULTS,
+    SAMPLING_TOPK,
+    SEED,
+    TEMPERATURE,
+    SearchOptionError,
+    check_search_options,
+)
 from seq2seq.translator import (
     BATCH_SIZE,
     BEAM_SIZE,
@@ -55,8 +64,6 @@ SEARCH_FLAGS = (
     "beam_size", "length_penalty", "max_len_a", "max_len_b",
     "sampling", "sampling_topk", "temperature", "seed",
 )
-# The options that apply with --sampling only, and their values without it (search.sample's).
-SAMPLING_DEFAULTS = {"sampling_topk": 0, "temperature": 1.0, "seed": 0}
 
 
 def _workers(value: str) -> int | str:
@@ -112,14 +119,16 @@ def add_decoding_options(parser: argparse.ArgumentParser, model_option: str) -> 
         "--sampling-topk",
         type=int,
         metavar="K",
-        help="with --sampling: draw from the K most probable tokens (default: 0, all)",
+        help=f"with --sampling: draw from the K most probable tokens (default: {SAMPLING_TOPK}, "
+        "all)",
     )
     parser.add_argument(
         "--temperature",
         type=float,
-        help="with --sampling: p ** (1 / T); below 1 sharper, above 1 flatter (default: 1)",
+        help="with --sampling: p ** (1 / T); below 1 sharper, above 1 flatter (default: "
+        f"{TEMPERATURE})",
     )
-    parser.add_argument("--seed", type=int, help="with --sampling (default: 0)")
+    parser.add_argument("--seed", type=int, help=f"with --sampling (default: {SEED})")
     parser.add_argument(
         "--max-len-a", type=float, default=MAX_LEN_A, help="max output: a*src_len+b"
     )

@@ -32,6 +32,12 @@ from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID
 # The output length limit a * source length + b, for every caller that does not choose its own.
 MAX_LEN_A = 1.5
 MAX_LEN_B = 10
+# The options that only sampling has, and what `sample` takes when they are not given: every
+# entry point refuses them without sampling, where they would be silently ignored.
+SAMPLING_TOPK = 0  # 0: draw from every token
+TEMPERATURE = 1.0  # the model's own probabilities
+SEED = 0
+SAMPLING_DEFAULTS = {"sampling_topk": SAMPLING_TOPK, "temperature": TEMPERATURE, "seed": SEED}
 
 
 @dataclass
@@ -64,9 +70,9 @@ def check_search_options(
     max_len_a: float = MAX_LEN_A,
     max_len_b: float = MAX_LEN_B,
     min_len: int = 1,
-    sampling_topk: int = 0,
-    temperature: float = 1.0,
-    seed: int = 0,
+    sampling_topk: int = SAMPLING_TOPK,
+    temperature: float = TEMPERATURE,
+    seed: int = SEED,
     sampling: bool = False,
 ) -> None:
     """The one rule for the search options; raises SearchOptionError naming the first one out of
@@ -179,9 +185,9 @@ def sample(
     model,
     src: torch.Tensor,
     src_lengths: torch.Tensor,
-    sampling_topk: int = 0,
-    temperature: float = 1.0,
-    seed: int = 0,
+    sampling_topk: int = SAMPLING_TOPK,
+    temperature: float = TEMPERATURE,
+    seed: int = SEED,
     max_len_a: float = MAX_LEN_A,
     max_len_b: float = MAX_LEN_B,
     min_len: int = 1,

@@ -16,6 +16,9 @@ from seq2seq.pretrained import load_pretrained
 from seq2seq.search import (
     MAX_LEN_A,
     MAX_LEN_B,
+    SAMPLING_TOPK,
+    SEED,
+    TEMPERATURE,
     Hypothesis,
     beam_search,
     check_search_options,
@@ -155,9 +158,9 @@ class Translator:
         max_src_len: int = MAX_SRC_LEN,
         min_len: int = 1,
         sampling: bool = False,
-        sampling_topk: int = 0,
-        temperature: float = 1.0,
-        seed: int = 0,
+        sampling_topk: int = SAMPLING_TOPK,
+        temperature: float = TEMPERATURE,
+        seed: int = SEED,
     ) -> list[list[TranslationResult]]:
         """The nbest translations of each text, best first, in input order.
 

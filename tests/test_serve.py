@@ -105,6 +105,31 @@ def test_nbest_scores_and_attention(client, decoding_val_sources):
     assert set(plain) == {"text", "truncated"}  # nothing that was not asked for
 
 
+def test_sampling_gives_what_translator_gives(translator, decoding_val_sources):
+    """Each sentence's sample depends on it and the seed only: alone, together, and in the
+    batches other requests share, the same as `Translator.translate`'s."""
+    lines = decoding_val_sources[:12]
+    options = {"sampling": True, "sampling_topk": 20, "temperature": 0.8, "seed": 5}
+    expected = [n[0].text for n in translator.translate(lines, **options)]
+    with _client(translator, max_wait_ms=50) as client:
+        together = [t["text"] for t in _translate(client, lines, **options)]
+        alone = [None] * len(lines)
+
+        def one(i):
+            alone[i] = _translate(client, [lines[i]], **options)[0]["text"]
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(lines))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        other_seed = _translate(client, lines, **{**options, "seed": 6})
+        scored = _translate(client, lines[:1], return_scores=True, **options)[0]
+    assert together == alone == expected
+    assert sum(a != b["text"] for a, b in zip(expected, other_seed, strict=True)) >= 3
+    assert scored["text"] == expected[0] and scored["score"] < 0
+
+
 def test_lone_surrogates_and_over_long_sentences(translator):
     with _client(translator) as client:
         # JSON may carry a lone surrogate; it is read as U+FFFD, as `translate` reads bad bytes.
@@ -140,6 +165,16 @@ GOOD = b'{"text": ["Ein Mann."]}'
         (b'{"text": ["a"], "beam_size": 2, "nbest": 3}', 422, "nbest: need 1 <= nbest <="),
         (b'{"text": ["a"], "nbest": 0}', 422, "nbest: need 1 <= nbest"),
         (b'{"text": ["a"], "return_scores": "yes"}', 422, "return_scores: Input should be a valid"),
+        (b'{"text": ["a"], "sampling": true, "beam_size": 5}', 422,
+         "beam_size: does not apply with sampling"),
+        (b'{"text": ["a"], "temperature": 0.5}', 422, "temperature: applies with sampling only"),
+        (b'{"text": ["a"], "seed": 3, "sampling": false}', 422, "seed: applies with sampling only"),
+        (b'{"text": ["a"], "sampling": true, "nbest": 2}', 422, "nbest: sampling draws one"),
+        (b'{"text": ["a"], "sampling": true, "temperature": 0}', 422,
+         "temperature: must be a finite number > 0, got 0.0"),
+        (b'{"text": ["a"], "sampling": true, "sampling_topk": -2}', 422,
+         "sampling_topk: must be at least 0, got -2"),
+        (b'{"text": ["a"], "sampling": true, "seed": 1.5}', 422, "seed: Input should be"),
     ],
 )
 def test_bad_request(client, body, status, message):
@@ -202,6 +237,7 @@ def test_models_health_page_schema(client):
     [model] = models["models"]
     assert model["parameters"] > 1000 and model["config"]["decoder_layers"] == 2
     assert models["limits"]["max_lines"] == SMALL.max_lines
+    assert models["defaults"] == {"beam_size": 5, "sampling_topk": 0, "temperature": 1.0, "seed": 0}
     assert client.get("/health").json()["status"] == "ok"
     page = client.get("/")
     assert page.status_code == 200 and "<html" in page.text

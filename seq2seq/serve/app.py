@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from seq2seq.cli import output_text
-from seq2seq.search import output_limit
+from seq2seq.search import SAMPLING_DEFAULTS, output_limit
 from seq2seq.serve.batcher import DynamicBatcher, QueueFull
 from seq2seq.serve.schema import (
     Attention,
@@ -173,7 +173,7 @@ def create_app(batcher: DynamicBatcher, models: dict, limits: Limits) -> FastAPI
         if req.return_attention:
             _check_attention_size(lengths, limits.max_attention_weights)
         try:
-            future = batcher.submit(req.text, lengths, beam_size=req.beam_size, nbest=req.nbest)
+            future = batcher.submit(req.text, lengths, **req.search_options())
         except QueueFull as e:
             return _error(503, f"busy: {e}; retry later", {"Retry-After": str(RETRY_AFTER_S)})
         try:
@@ -194,7 +194,8 @@ def create_app(batcher: DynamicBatcher, models: dict, limits: Limits) -> FastAPI
     @app.get("/v1/models")
     async def list_models():
         """Languages, model sizes and parameters, scores from a model folder's config.json."""
-        return {**models, "limits": asdict(limits), "defaults": {"beam_size": BEAM_SIZE}}
+        defaults = {"beam_size": BEAM_SIZE, **SAMPLING_DEFAULTS}
+        return {**models, "limits": asdict(limits), "defaults": defaults}
 
     @app.get("/", include_in_schema=False)
     async def page():

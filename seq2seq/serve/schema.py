@@ -8,7 +8,13 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
-from seq2seq.search import check_search_options
+from seq2seq.search import (
+    SAMPLING_DEFAULTS,
+    SAMPLING_TOPK,
+    SEED,
+    TEMPERATURE,
+    check_search_options,
+)
 from seq2seq.translator import BEAM_SIZE
 
 
@@ -34,6 +40,23 @@ class TranslateRequest(BaseModel):
     nbest: int = Field(1, description="translations per sentence, best first (<= beam_size)")
     return_attention: bool = Field(False, description="the best translation's attention")
     return_scores: bool = Field(False, description="the search's score of each translation")
+    sampling: bool = Field(
+        False,
+        description="draw each translation from the model's distribution instead of searching "
+        "(beam_size and nbest do not apply)",
+    )
+    sampling_topk: int = Field(
+        SAMPLING_TOPK,
+        description="with sampling: draw from the k most probable tokens (0: all)",
+    )
+    temperature: float = Field(
+        TEMPERATURE,
+        description="with sampling: probabilities as p ** (1 / temperature)",
+    )
+    seed: int = Field(
+        SEED,
+        description="with sampling: a sentence's sample depends only on it and the seed",
+    )
 
     @model_validator(mode="after")
     def _within_limits(self, info: ValidationInfo) -> "TranslateRequest":
@@ -54,8 +77,24 @@ class TranslateRequest(BaseModel):
             raise ValueError(
                 f"beam_size: must be from 1 to {limits.max_beam_size}, got {self.beam_size}"
             )
-        check_search_options(self.beam_size, self.nbest)  # a ValueError whose message names nbest
+        if self.sampling and "beam_size" in self.model_fields_set:
+            raise ValueError("beam_size: does not apply with sampling (nothing is searched)")
+        given = [name for name in SAMPLING_DEFAULTS if name in self.model_fields_set]
+        if given and not self.sampling:
+            raise ValueError(f"{given[0]}: applies with sampling only")
+        # A ValueError whose message names the option.
+        check_search_options(**self.search_options())
         return self
+
+    def search_options(self) -> dict:
+        """The `Translator.translate` arguments this request sets. With sampling, beam_size is
+        1: the batcher budgets the rows the decoding carries, one a sentence."""
+        return {
+            "beam_size": 1 if self.sampling else self.beam_size,
+            "nbest": self.nbest,
+            "sampling": self.sampling,
+            **{name: getattr(self, name) for name in SAMPLING_DEFAULTS},
+        }
 
 
 class Attention(BaseModel):
