@@ -220,10 +220,14 @@ def sample(
 
     def drawn(log_probs: torch.Tensor, alive: torch.Tensor, t: int) -> torch.Tensor:
         _constrain(log_probs, t, max_lens[alive] <= t, min_len)
-        scores = log_probs / temperature  # (N, V)
+        # In float64 (where a temperature of 1e-300 is not 0), shifted so that each row's best
+        # is 0 before the division: a tiny temperature sends the others to -inf, never all of
+        # them (softmax would be NaN).
+        scores = log_probs.double()
+        scores = (scores - scores.max(dim=1, keepdim=True).values) / temperature  # (N, V)
         if sampling_topk:
             scores, tokens = scores.topk(min(sampling_topk, scores.size(1)), dim=1)  # (N, K)
-        cdf = scores.softmax(dim=1).double().cumsum(dim=1)  # (N, K)
+        cdf = scores.softmax(dim=1).cumsum(dim=1)  # (N, K)
         # The first token whose cumulative probability exceeds the draw; "right" never picks a
         # token of probability 0 (a constrained one), whose cdf equals its predecessor's.
         point = (uniforms[alive, t] * cdf[:, -1]).unsqueeze(1)  # (N, 1)

@@ -48,9 +48,12 @@ def test_draws_follow_the_distribution(options, expected):
         assert frequencies[token] == pytest.approx(p, abs=0.035)
 
 
-def test_top_1_is_greedy(decoding_model, decoding_tokenizer, decoding_val_sources):
+@pytest.mark.parametrize("options", [{"sampling_topk": 1}, {"temperature": 1e-300}])
+def test_top_1_or_no_temperature_is_greedy(
+    decoding_model, decoding_tokenizer, decoding_val_sources, options
+):
     batch = source_tensors(decoding_tokenizer.encode(decoding_val_sources))
-    drawn_ones = sample(decoding_model, *batch, sampling_topk=1, seed=5)
+    drawn_ones = sample(decoding_model, *batch, seed=5, **options)
     for drawn, greedy in zip(drawn_ones, greedy_search(decoding_model, *batch), strict=True):
         assert drawn.tokens == greedy.tokens
         assert drawn.log_prob == pytest.approx(greedy.log_prob, abs=1e-6)
