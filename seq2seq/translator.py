@@ -58,15 +58,19 @@ def _well_formed(text: str) -> str:
     return _SURROGATES.sub("\ufffd", text)
 
 
+def readable(texts: list[str]) -> list[str]:
+    """Texts as the model reads them: `clean`, and surrogates made U+FFFD."""
+    return [clean(_well_formed(text)) for text in texts]
+
+
 def _cleaned(name: str, texts: list[str], usage: str) -> list[str]:
-    """Texts as the model reads them (`clean`, surrogates replaced); TypeError naming `name`
-    unless they are a list of str."""
+    """`readable(texts)`; TypeError naming `name` unless they are a list of str."""
     if isinstance(texts, str):  # would be read as one sentence per character
         raise TypeError(f"{name}: a list of sentences, got one str ({usage})")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"{name}[{i}]: a str, got {type(text).__name__}")
-    return [clean(_well_formed(text)) for text in texts]
+    return readable(texts)
 
 
 def _check_sizes(**sizes: int) -> None:

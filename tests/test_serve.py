@@ -130,6 +130,84 @@ def test_sampling_gives_what_translator_gives(translator, decoding_val_sources):
     assert scored["text"] == expected[0] and scored["score"] < 0
 
 
+def _score(client, source, target, **options):
+    response = client.post("/v1/score", json={"source": source, "target": target, **options})
+    assert response.status_code == 200, response.text
+    return response.json()["scores"]
+
+
+def test_scores_are_translators(translator, decoding_val_sources):
+    """POST /v1/score gives Translator.score's numbers, in one request or one pair a request,
+    while translations share the batcher."""
+    sources = decoding_val_sources[:10]
+    targets = ["A man is riding a bike.", "", "Two dogs play in the snow."] * 3 + ["A dog."]
+    expected = translator.score(sources, targets, length_penalty=0.6)
+    with _client(translator, max_wait_ms=50) as client:
+        together = _score(client, sources, targets, length_penalty=0.6)
+        alone, translated = [None] * len(sources), [None] * len(sources)
+
+        def one(i):
+            alone[i] = _score(client, [sources[i]], [targets[i]], length_penalty=0.6)[0]
+            translated[i] = _translate(client, [sources[i]], beam_size=2)[0]["text"]
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(sources))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        [aligned] = _score(client, sources[:1], targets[:1], return_attention=True)
+    assert translated == [n[0].text for n in translator.translate(sources, beam_size=2)]
+    for got in (together, alone):
+        assert [g["tokens"] for g in got] == [len(e.tgt_pieces) for e in expected]
+        assert [g["log_prob"] for g in got] == pytest.approx([e.log_prob for e in expected],
+                                                             abs=1e-5)
+        assert [g["score"] for g in got] == pytest.approx([e.score for e in expected], abs=1e-5)
+        assert all(set(g) == {"score", "log_prob", "tokens"} for g in got)
+    attention = aligned["attention"]
+    assert attention["tgt_pieces"] == expected[0].tgt_pieces
+    assert len(attention["weights"]) == aligned["tokens"]
+    assert {len(row) for row in attention["weights"]} == {len(attention["src_pieces"])}
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b'{"source": ["a"]}', "target: required"),
+        (b'{"source": ["a", "b"], "target": ["c"]}', "target: 1 sentences for 2 source"),
+        (b'{"source": [], "target": []}', "source: must hold at least one sentence"),
+        (b'{"source": ["a"], "target": ["' + b"b" * 51 + b'"]}', "target[0]: 51 characters"),
+        (b'{"source": ["a"], "target": ["b"], "text": ["c"]}',
+         "text: unknown field (the fields are source, target, length_penalty, return_attention)"),
+        (b'{"source": ["a"], "target": ["b"], "length_penalty": NaN}',
+         "length_penalty: must be a finite number >= 0, got nan"),
+        (b'["a"]', 'body: must be a JSON object such as {"source": ["..."], "target": ["..."]}'),
+    ],
+)
+def test_bad_score_request(client, body, message):
+    response = client.post("/v1/score", content=body)
+    assert response.status_code == 422
+    assert response.json()["error"].startswith(message), response.json()
+
+
+def test_pairs_longer_than_the_model_reads_are_refused_before_scoring(translator):
+    with _client(translator, limits=Limits(max_attention_weights=400)) as client:
+        long = "ein Hund " * 200
+        for source, target, message in (
+            (long, "A dog.", "source[0]: "),
+            ("Ein Hund.", "a dog " * 200, "target[0]: "),
+        ):
+            response = client.post("/v1/score", json={"source": [source], "target": [target]})
+            assert response.status_code == 422
+            assert response.json()["error"].startswith(message)
+            assert response.json()["error"].endswith("pieces; this server scores at most 250")
+        pair = {"source": ["ein Hund " * 10], "target": ["a dog " * 10]}
+        response = client.post("/v1/score", json={**pair, "return_attention": True})
+        assert response.status_code == 422
+        assert response.json()["error"].startswith("return_attention: ")
+        assert client.post("/v1/score", json=pair).status_code == 200  # without, it is scored
+        assert client.get("/health").json()["requests_decoded"] == 1  # nothing else was
+
+
 def test_lone_surrogates_and_over_long_sentences(translator):
     with _client(translator) as client:
         # JSON may carry a lone surrogate; it is read as U+FFFD, as `translate` reads bad bytes.
@@ -245,6 +323,8 @@ def test_models_health_page_schema(client):
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/translate"]["post"]["requestBody"]
     assert "beam_size" in body["content"]["application/json"]["schema"]["properties"]
+    body = schema["paths"]["/v1/score"]["post"]["requestBody"]
+    assert "target" in body["content"]["application/json"]["schema"]["properties"]
 
 
 def test_requests_arriving_together_share_a_batch(translator, decoding_val_sources):

@@ -1,4 +1,5 @@
-"""The FastAPI application: POST /v1/translate, GET /health, GET /v1/models, GET / (the page).
+"""The FastAPI application: POST /v1/translate and /v1/score, GET /health, GET /v1/models,
+GET / (the page).
 
 Every error is JSON `{"error": "<one line naming the field>"}` with a 4xx/5xx status, and
 the server keeps serving. The body is read here, within its byte limit, before any parsing,
@@ -12,6 +13,7 @@ import sys
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
@@ -26,15 +28,19 @@ from seq2seq.serve.schema import (
     Attention,
     Hypothesis,
     Limits,
+    Score,
+    ScoreRequest,
+    ScoreResponse,
     TranslateRequest,
     TranslateResponse,
     Translation,
     error_message,
 )
-from seq2seq.translator import BEAM_SIZE, TranslationResult
+from seq2seq.translator import BEAM_SIZE, MAX_SRC_LEN, TranslationResult
 
 STATIC = Path(__file__).parent / "static"
 RETRY_AFTER_S = 1  # what a 503 asks a client to wait: about one batch's decoding time
+Request_ = TypeVar("Request_", TranslateRequest, ScoreRequest)
 
 
 class BadRequest(Exception):
@@ -68,7 +74,9 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
     return dict(pairs)
 
 
-def parse_request(body: bytes, limits: Limits) -> TranslateRequest:
+def parse_request(
+    body: bytes, limits: Limits, request: type[Request_] = TranslateRequest
+) -> Request_:
     # A UTF-8 byte order mark is not text (RFC 8259 lets a parser ignore it); files lose theirs.
     start = len(codecs.BOM_UTF8) if body.startswith(codecs.BOM_UTF8) else 0
     try:
@@ -89,9 +97,9 @@ def parse_request(body: bytes, limits: Limits) -> TranslateRequest:
             400, f"body: a number longer than {sys.get_int_max_str_digits()} digits"
         ) from None
     try:
-        return TranslateRequest.model_validate(data, context={"limits": limits})
+        return request.model_validate(data, context={"limits": limits})
     except ValidationError as e:
-        raise BadRequest(422, error_message(e)) from None
+        raise BadRequest(422, error_message(e, request)) from None
 
 
 def _check_attention_size(lengths: list[int], limit: int) -> None:
@@ -106,6 +114,32 @@ def _check_attention_size(lengths: list[int], limit: int) -> None:
         )
 
 
+def _check_pair_lengths(source: list[int], target: list[int], limits: Limits, attention: bool):
+    """Refuse, before scoring, a pair longer than the model reads (MAX_SRC_LEN pieces a side:
+    scoring never cuts, a cut pair would be another pair), and with `attention`, more weights
+    than `limits` allow: (source + EOS) x (target + EOS) a pair."""
+    for side, counts in (("source", source), ("target", target)):
+        for i, n in enumerate(counts):
+            if n > MAX_SRC_LEN:
+                raise BadRequest(
+                    422, f"{side}[{i}]: {n} pieces; this server scores at most {MAX_SRC_LEN}"
+                )
+    weights = sum((s + 1) * (t + 1) for s, t in zip(source, target, strict=True))
+    if attention and weights > limits.max_attention_weights:
+        raise BadRequest(
+            422,
+            f"return_attention: {weights:,} weights for these pairs; this server returns at most "
+            f"{limits.max_attention_weights:,} (send fewer or shorter pairs, or leave it off)",
+        )
+
+
+def _attention(result: TranslationResult) -> Attention:
+    return Attention(
+        src_pieces=result.src_pieces, tgt_pieces=result.tgt_pieces,
+        weights=result.attention.tolist(),
+    )
+
+
 def _translation(nbest: list[TranslationResult], request: TranslateRequest) -> Translation:
     best = nbest[0]
     return Translation(
@@ -117,11 +151,7 @@ def _translation(nbest: list[TranslationResult], request: TranslateRequest) -> T
         ]
         if request.nbest > 1
         else None,
-        attention=Attention(
-            src_pieces=best.src_pieces, tgt_pieces=best.tgt_pieces, weights=best.attention.tolist()
-        )
-        if request.return_attention
-        else None,
+        attention=_attention(best) if request.return_attention else None,
         truncated=best.truncated,
     )
 
@@ -181,6 +211,45 @@ def create_app(batcher: DynamicBatcher, models: dict, limits: Limits) -> FastAPI
         except Exception as e:
             return _error(500, f"translation failed ({type(e).__name__}); see the server log")
         return TranslateResponse(translations=[_translation(r, req) for r in results])
+
+    @app.post(
+        "/v1/score",
+        response_model=ScoreResponse,
+        response_model_exclude_none=True,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": ScoreRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def score(request: Request):
+        """The model's log-probability of each target as the translation of its source, and
+        the score `translate --scores` prints when its search finds that translation."""
+        body = await _read_body(request, limits.max_body_bytes)
+        req = parse_request(body, limits, ScoreRequest)
+        source = batcher.pieces(req.source)
+        _check_pair_lengths(source, batcher.pieces(req.target, "target"), limits,
+                            req.return_attention)
+        pairs = list(zip(req.source, req.target, strict=True))
+        lengths = [n + 1 for n in source]
+        try:
+            future = batcher.submit(pairs, lengths, score=True, length_penalty=req.length_penalty)
+        except QueueFull as e:
+            return _error(503, f"busy: {e}; retry later", {"Retry-After": str(RETRY_AFTER_S)})
+        try:
+            results = await asyncio.wrap_future(future)
+        except Exception as e:
+            return _error(500, f"scoring failed ({type(e).__name__}); see the server log")
+        return ScoreResponse(
+            scores=[
+                Score(
+                    score=r.score, log_prob=r.log_prob, tokens=len(r.tgt_pieces),
+                    attention=_attention(r) if req.return_attention else None,
+                )
+                for r in results
+            ]
+        )
 
     @app.get("/health")
     async def health():

@@ -17,8 +17,7 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from seq2seq.data.corpus import clean
-from seq2seq.translator import MAX_SRC_LEN, TranslationResult, Translator
+from seq2seq.translator import MAX_SRC_LEN, TranslationResult, Translator, readable
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +35,9 @@ class QueueFull(Exception):
 
 @dataclass(eq=False)  # a job is itself: `in` and `remove` on the queue compare identities
 class _Job:
-    texts: list[str]
-    options: dict  # keyword arguments of Translator.translate; equal options share a batch
+    texts: list  # sentences to translate, or (source, target) pairs to score
+    options: dict  # keyword arguments of Translator.translate (or .score); equal options, and
+    # only they, share a batch: {"score": True, ...} marks a scoring job
     costs: list[int]  # of each sentence: source pieces (EOS included) times beam size
     arrived: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
@@ -76,20 +76,23 @@ class DynamicBatcher:
             self._changed.notify()
         self._worker.join()
 
+    def pieces(self, texts: list[str], side: str = "source") -> list[int]:
+        """Each text's SentencePiece pieces on the source or target side, EOS not counted."""
+        translator = self.translator
+        tokenizer = translator.src_tokenizer if side == "source" else translator.tgt_tokenizer
+        return [len(p) for p in tokenizer.encode(readable(texts))]  # as Translator reads them
+
     def source_lengths(self, texts: list[str]) -> list[int]:
         """Each text's length as the model will read it: pieces cut to MAX_SRC_LEN, and EOS."""
-        # Lone surrogates (JSON may hold them) become "?", which SentencePiece accepts: only
-        # the count matters here.
-        readable = [clean(t).encode("utf-8", "replace").decode("utf-8") for t in texts]
-        pieces = self.translator.src_tokenizer.encode(readable)
-        return [min(len(p), MAX_SRC_LEN) + 1 for p in pieces]
+        return [min(n, MAX_SRC_LEN) + 1 for n in self.pieces(texts)]
 
     def submit(
-        self, texts: list[str], lengths: list[int], **options
+        self, texts: list, lengths: list[int], **options
     ) -> "Future[list[list[TranslationResult]]]":
-        """Queue texts (`lengths`: their `source_lengths`) for translation; raises QueueFull
-        when `max_queue` requests wait."""
-        job = _Job(texts, options, [n * options["beam_size"] for n in lengths])
+        """Queue texts (`lengths`: their `source_lengths`) for `Translator.translate(texts,
+        **options)`, or (source, target) pairs for `Translator.score` with score=True among the
+        options; raises QueueFull when `max_queue` requests wait."""
+        job = _Job(texts, options, [n * options.get("beam_size", 1) for n in lengths])
         with self._changed:
             if self._stopping:
                 raise QueueFull("the service is shutting down")
@@ -149,8 +152,13 @@ class DynamicBatcher:
 
     def _decode(self, batch: list[tuple[_Job, int, int]]) -> None:
         texts = [text for job, first, end in batch for text in job.texts[first:end]]
+        options = dict(batch[0][0].options)
         try:
-            results = self.translator.translate(texts, **batch[0][0].options)
+            if options.pop("score", False):
+                sources, targets = zip(*texts, strict=True)
+                results = self.translator.score(list(sources), list(targets), **options)
+            else:
+                results = self.translator.translate(texts, **options)
         except Exception as e:
             if len(batch) > 1:  # find the request that fails; the others still get answers
                 for part in batch:

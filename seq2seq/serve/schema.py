@@ -1,10 +1,11 @@
-"""The request and response bodies of POST /v1/translate, and the request limits.
+"""The request and response bodies of POST /v1/translate and /v1/score, and the limits.
 
 Validation is pydantic's (strict: no "5" for 5, no 1.0 for 1); `error_message` turns its
 errors into the one line a client gets back, naming the field.
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
@@ -34,6 +35,7 @@ class Limits:
 
 class TranslateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+    example: ClassVar[str] = '{"text": ["..."]}'  # in the error for a body that is no object
 
     text: list[str] = Field(description="sentences, one per item, translated independently")
     beam_size: int = Field(BEAM_SIZE, description="1 = greedy search")
@@ -61,18 +63,7 @@ class TranslateRequest(BaseModel):
     @model_validator(mode="after")
     def _within_limits(self, info: ValidationInfo) -> "TranslateRequest":
         limits: Limits = (info.context or {}).get("limits", Limits())
-        if not self.text:
-            raise ValueError("text: must hold at least one sentence")
-        if len(self.text) > limits.max_lines:
-            raise ValueError(
-                f"text: {len(self.text)} sentences; this server takes at most {limits.max_lines}"
-            )
-        for i, line in enumerate(self.text):
-            if len(line) > limits.max_line_chars:
-                raise ValueError(
-                    f"text[{i}]: {len(line)} characters; this server takes at most "
-                    f"{limits.max_line_chars} a sentence"
-                )
+        _check_sentences("text", self.text, limits)
         if not 1 <= self.beam_size <= limits.max_beam_size:
             raise ValueError(
                 f"beam_size: must be from 1 to {limits.max_beam_size}, got {self.beam_size}"
@@ -95,6 +86,44 @@ class TranslateRequest(BaseModel):
             "sampling": self.sampling,
             **{name: getattr(self, name) for name in SAMPLING_DEFAULTS},
         }
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    example: ClassVar[str] = '{"source": ["..."], "target": ["..."]}'
+
+    source: list[str] = Field(description="sentences, one per item")
+    target: list[str] = Field(description="a translation of each source sentence, to score")
+    length_penalty: float = Field(1.0, description="GNMT alpha of `score` (0: the log-prob)")
+    return_attention: bool = Field(False, description="the model's alignment of each pair")
+
+    @model_validator(mode="after")
+    def _within_limits(self, info: ValidationInfo) -> "ScoreRequest":
+        limits: Limits = (info.context or {}).get("limits", Limits())
+        _check_sentences("source", self.source, limits)
+        _check_sentences("target", self.target, limits)
+        if len(self.target) != len(self.source):
+            raise ValueError(
+                f"target: {len(self.target)} sentences for {len(self.source)} source sentences"
+            )
+        check_search_options(length_penalty=self.length_penalty)
+        return self
+
+
+def _check_sentences(name: str, sentences: list[str], limits: Limits) -> None:
+    """A ValueError naming the field (or its item) unless `sentences` is within the limits."""
+    if not sentences:
+        raise ValueError(f"{name}: must hold at least one sentence")
+    if len(sentences) > limits.max_lines:
+        raise ValueError(
+            f"{name}: {len(sentences)} sentences; this server takes at most {limits.max_lines}"
+        )
+    for i, line in enumerate(sentences):
+        if len(line) > limits.max_line_chars:
+            raise ValueError(
+                f"{name}[{i}]: {len(line)} characters; this server takes at most "
+                f"{limits.max_line_chars} a sentence"
+            )
 
 
 class Attention(BaseModel):
@@ -120,6 +149,17 @@ class TranslateResponse(BaseModel):
     translations: list[Translation] = Field(description="one per sentence, in request order")
 
 
+class Score(BaseModel):
+    score: float = Field(description="what the search reports for this output: the ranking score")
+    log_prob: float = Field(description="the target's log-probability, EOS included")
+    tokens: int = Field(description="the target's pieces, EOS included")
+    attention: Attention | None = None
+
+
+class ScoreResponse(BaseModel):
+    scores: list[Score] = Field(description="one per pair, in request order")
+
+
 def _field(loc: tuple) -> str:
     name = ""
     for part in loc:
@@ -127,17 +167,17 @@ def _field(loc: tuple) -> str:
     return name
 
 
-def error_message(error: ValidationError) -> str:
-    """The first of pydantic's errors as one line that names the field."""
+def error_message(error: ValidationError, request: type[TranslateRequest | ScoreRequest]) -> str:
+    """The first of pydantic's errors validating a `request` as one line that names the field."""
     e = error.errors()[0]
     where = _field(e["loc"])
     if e["type"] == "value_error":  # our own checks above: their message names the field
         return str(e["ctx"]["error"])
     if e["type"] == "extra_forbidden":
-        known = ", ".join(TranslateRequest.model_fields)
+        known = ", ".join(request.model_fields)
         return f"{where}: unknown field (the fields are {known})"
     if e["type"] == "model_type":
-        return "body: must be a JSON object such as {\"text\": [\"...\"]}"
+        return f"body: must be a JSON object such as {request.example}"
     if e["type"] == "missing":
         return f"{where}: required"
     return f"{where}: {e['msg']}"
