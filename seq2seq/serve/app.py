@@ -43,9 +43,11 @@ RETRY_AFTER_S = 1  # what a 503 asks a client to wait: about one batch's decodin
 Request_ = TypeVar("Request_", TranslateRequest, ScoreRequest)
 
 
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str):
-        self.status, self.message = status, message
+class ErrorAnswer(Exception):
+    """Raised anywhere in a handler: answered as `{"error": message}` with this status."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        self.status, self.message, self.headers = status, message, headers
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -55,12 +57,12 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise BadRequest(413, f"body: {declared} bytes; this server takes at most {limit}")
+        raise ErrorAnswer(413, f"body: {declared} bytes; this server takes at most {limit}")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise BadRequest(413, f"body: more than {limit} bytes, the most this server takes")
+            raise ErrorAnswer(413, f"body: more than {limit} bytes, the most this server takes")
     return bytes(body)
 
 
@@ -69,7 +71,7 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
     seen = set()
     for key, _ in pairs:
         if key in seen:
-            raise BadRequest(400, f"body: the key {json.dumps(key)} appears twice in one object")
+            raise ErrorAnswer(400, f"body: the key {json.dumps(key)} appears twice in one object")
         seen.add(key)
     return dict(pairs)
 
@@ -83,23 +85,23 @@ def parse_request(
         text = body[start:].decode("utf-8")
     except UnicodeDecodeError as e:
         offset = start + e.start
-        raise BadRequest(
+        raise ErrorAnswer(
             400, f"body: not valid UTF-8 (byte 0x{body[offset]:02x} at offset {offset})"
         ) from None
     try:
         data = json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
-        raise BadRequest(400, f"body: not valid JSON ({e})") from None
+        raise ErrorAnswer(400, f"body: not valid JSON ({e})") from None
     except RecursionError:  # the parser recurses once per level of nesting
-        raise BadRequest(400, "body: JSON nested too deeply") from None
+        raise ErrorAnswer(400, "body: JSON nested too deeply") from None
     except ValueError:  # json.loads's only other ValueError: an integer Python will not convert
-        raise BadRequest(
+        raise ErrorAnswer(
             400, f"body: a number longer than {sys.get_int_max_str_digits()} digits"
         ) from None
     try:
         return request.model_validate(data, context={"limits": limits})
     except ValidationError as e:
-        raise BadRequest(422, error_message(e, request)) from None
+        raise ErrorAnswer(422, error_message(e, request)) from None
 
 
 def _check_attention_size(lengths: list[int], limit: int) -> None:
@@ -107,11 +109,35 @@ def _check_attention_size(lengths: list[int], limit: int) -> None:
     weights are its source length times its output length, EOS included in both."""
     most = sum(n * (output_limit(n) + 1) for n in lengths)
     if most > limit:
-        raise BadRequest(
+        raise ErrorAnswer(
             422,
             f"return_attention: up to {most:,} weights for these sentences; this server returns "
             f"at most {limit:,} (send fewer or shorter sentences, or leave it off)",
         )
+
+
+def _json_body(request: type[TranslateRequest | ScoreRequest]) -> dict:
+    """The OpenAPI description of a body that the handler reads (within its limit) and
+    validates itself, so that FastAPI's own parsing never sees it."""
+    content = {"application/json": {"schema": request.model_json_schema()}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+async def _through(
+    batcher: DynamicBatcher, what: str, texts: list, lengths: list[int], options: dict
+) -> list:
+    """The results of `batcher.submit(texts, lengths, **options)`, once the worker has them;
+    ErrorAnswer 503 (with Retry-After) when the queue is full, 500 when `what` failed."""
+    try:
+        future = batcher.submit(texts, lengths, **options)
+    except QueueFull as e:
+        raise ErrorAnswer(
+            503, f"busy: {e}; retry later", {"Retry-After": str(RETRY_AFTER_S)}
+        ) from None
+    try:
+        return await asyncio.wrap_future(future)
+    except Exception as e:
+        raise ErrorAnswer(500, f"{what} failed ({type(e).__name__}); see the server log") from None
 
 
 def _check_pair_lengths(source: list[int], target: list[int], limits: Limits, attention: bool):
@@ -121,12 +147,12 @@ def _check_pair_lengths(source: list[int], target: list[int], limits: Limits, at
     for side, counts in (("source", source), ("target", target)):
         for i, n in enumerate(counts):
             if n > MAX_SRC_LEN:
-                raise BadRequest(
+                raise ErrorAnswer(
                     422, f"{side}[{i}]: {n} pieces; this server scores at most {MAX_SRC_LEN}"
                 )
     weights = sum((s + 1) * (t + 1) for s, t in zip(source, target, strict=True))
     if attention and weights > limits.max_attention_weights:
-        raise BadRequest(
+        raise ErrorAnswer(
             422,
             f"return_attention: {weights:,} weights for these pairs; this server returns at most "
             f"{limits.max_attention_weights:,} (send fewer or shorter pairs, or leave it off)",
@@ -172,9 +198,9 @@ def create_app(batcher: DynamicBatcher, models: dict, limits: Limits) -> FastAPI
         lifespan=lifespan,
     )
 
-    @app.exception_handler(BadRequest)
-    async def bad_request(request: Request, e: BadRequest) -> JSONResponse:
-        return _error(e.status, e.message)
+    @app.exception_handler(ErrorAnswer)
+    async def error_answer(request: Request, e: ErrorAnswer) -> JSONResponse:
+        return _error(e.status, e.message, e.headers)
 
     @app.exception_handler(HTTPException)  # 404, 405 ...: the same error format
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
@@ -188,12 +214,7 @@ def create_app(batcher: DynamicBatcher, models: dict, limits: Limits) -> FastAPI
         "/v1/translate",
         response_model=TranslateResponse,
         response_model_exclude_none=True,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": TranslateRequest.model_json_schema()}},
-            }
-        },
+        openapi_extra=_json_body(TranslateRequest),
     )
     async def translate(request: Request):
         """One translation per sentence of `text`, in order: the line `translate` prints."""
@@ -202,26 +223,14 @@ def create_app(batcher: DynamicBatcher, models: dict, limits: Limits) -> FastAPI
         lengths = batcher.source_lengths(req.text)
         if req.return_attention:
             _check_attention_size(lengths, limits.max_attention_weights)
-        try:
-            future = batcher.submit(req.text, lengths, **req.search_options())
-        except QueueFull as e:
-            return _error(503, f"busy: {e}; retry later", {"Retry-After": str(RETRY_AFTER_S)})
-        try:
-            results = await asyncio.wrap_future(future)
-        except Exception as e:
-            return _error(500, f"translation failed ({type(e).__name__}); see the server log")
+        results = await _through(batcher, "translation", req.text, lengths, req.search_options())
         return TranslateResponse(translations=[_translation(r, req) for r in results])
 
     @app.post(
         "/v1/score",
         response_model=ScoreResponse,
         response_model_exclude_none=True,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": ScoreRequest.model_json_schema()}},
-            }
-        },
+        openapi_extra=_json_body(ScoreRequest),
     )
     async def score(request: Request):
         """The model's log-probability of each target as the translation of its source, and
@@ -232,15 +241,8 @@ def create_app(batcher: DynamicBatcher, models: dict, limits: Limits) -> FastAPI
         _check_pair_lengths(source, batcher.pieces(req.target, "target"), limits,
                             req.return_attention)
         pairs = list(zip(req.source, req.target, strict=True))
-        lengths = [n + 1 for n in source]
-        try:
-            future = batcher.submit(pairs, lengths, score=True, length_penalty=req.length_penalty)
-        except QueueFull as e:
-            return _error(503, f"busy: {e}; retry later", {"Retry-After": str(RETRY_AFTER_S)})
-        try:
-            results = await asyncio.wrap_future(future)
-        except Exception as e:
-            return _error(500, f"scoring failed ({type(e).__name__}); see the server log")
+        options = {"score": True, "length_penalty": req.length_penalty}
+        results = await _through(batcher, "scoring", pairs, [n + 1 for n in source], options)
         return ScoreResponse(
             scores=[
                 Score(
