@@ -303,6 +303,21 @@ def test_a_fault_of_the_service_is_still_a_json_error(translator):
         assert client.post("/v1/translate", content=GOOD).status_code == 200
 
 
+def test_a_model_that_fails_is_a_500_and_the_service_goes_on(decoding_checkpoint):
+    broken = Translator.from_checkpoints([decoding_checkpoint])
+    broken.model = broken.model.to("meta")  # weights without data: every decode raises
+    with _client(broken) as client:
+        for path, body, what in (
+            ("/v1/translate", {"text": ["Ein Hund."]}, "translation"),
+            ("/v1/score", {"source": ["Ein Hund."], "target": ["A dog."]}, "scoring"),
+        ):
+            response = client.post(path, json=body)
+            assert response.status_code == 500
+            assert response.json()["error"].startswith(f"{what} failed (")
+            assert response.json()["error"].endswith("); see the server log")
+        assert client.get("/health").json()["status"] == "ok"
+
+
 def test_other_paths_answer_json_errors(client):
     assert client.get("/v1/translate").json() == {"error": "Method Not Allowed"}
     assert client.get("/nothing").status_code == 404
