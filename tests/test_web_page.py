@@ -102,3 +102,27 @@ def test_a_bad_request_shows_the_servers_message(server, browser):
     browser.find_element(By.ID, "translate").click()
     error = wait.until(ec.visibility_of_element_located((By.ID, "error")))
     assert error.text.startswith("nbest: need 1 <= nbest <= beam_size")
+
+
+def test_sampling_in_the_page(server, browser):
+    expected = httpx.post(
+        f"{server.url}/v1/translate", json={"text": [SENTENCE], "sampling": True, "seed": 3}
+    ).json()["translations"][0]["text"]
+    searched = httpx.post(f"{server.url}/v1/translate", json={"text": [SENTENCE]}).json()
+    assert expected != searched["translations"][0]["text"]  # the page's answer tells them apart
+    browser.get(server.url + "/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "languages"), "de → en"))
+    browser.find_element(By.ID, "source").send_keys(SENTENCE)
+    assert not browser.find_element(By.ID, "seed").is_enabled()
+    browser.find_element(By.ID, "sample").click()
+    assert not browser.find_element(By.ID, "beam").is_enabled()
+    seed = browser.find_element(By.ID, "seed")
+    seed.clear()
+    seed.send_keys("3")
+    browser.find_element(By.ID, "translate").click()
+    shown = wait.until(
+        ec.visibility_of_element_located((By.CSS_SELECTOR, "#translations li"))
+    ).text
+    assert shown == expected != ""
+    assert browser.find_element(By.ID, "error").is_displayed() is False

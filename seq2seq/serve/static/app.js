@@ -25,8 +25,7 @@ async function translate(event) {
       headers: {"Content-Type": "application/json"},
       body: JSON.stringify({
         text: lines,
-        beam_size: Number($("beam").value),
-        nbest: Number($("nbest").value),
+        ...searchOptions(),
         return_scores: $("scores").checked,
         return_attention: true,
       }),
@@ -43,6 +42,19 @@ async function translate(event) {
   } finally {
     $("translate").disabled = false;
   }
+}
+
+// Sampling draws one translation a sentence: beam size and n-best do not apply to it (the
+// service refuses them), the seed only to it.
+function searchOptions() {
+  if ($("sample").checked) return {sampling: true, seed: Number($("seed").value)};
+  return {beam_size: Number($("beam").value), nbest: Number($("nbest").value)};
+}
+
+function showSampling() {
+  const sampling = $("sample").checked;
+  $("beam").disabled = $("nbest").disabled = sampling;
+  $("seed").disabled = !sampling;
 }
 
 function showTranslations() {
@@ -112,6 +124,7 @@ function label(text, kind) {
 }
 
 $("form").addEventListener("submit", translate);
+$("sample").addEventListener("change", showSampling);
 loadModel().catch((error) => {
   $("error").textContent = `cannot reach the service: ${error.message}`;
   $("error").hidden = false;
