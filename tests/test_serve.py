@@ -15,6 +15,7 @@ pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[
 from fastapi.testclient import TestClient  # noqa: E402
 
 from seq2seq.cli import main as translate_main  # noqa: E402
+from seq2seq.cli import output_text  # noqa: E402
 from seq2seq.search import output_limit  # noqa: E402
 from seq2seq.serve.app import create_app  # noqa: E402
 from seq2seq.serve.batcher import DynamicBatcher  # noqa: E402
@@ -110,7 +111,7 @@ def test_sampling_gives_what_translator_gives(translator, decoding_val_sources):
     batches other requests share, the same as `Translator.translate`'s."""
     lines = decoding_val_sources[:12]
     options = {"sampling": True, "sampling_topk": 20, "temperature": 0.8, "seed": 5}
-    expected = [n[0].text for n in translator.translate(lines, **options)]
+    expected = [output_text(n[0]) for n in translator.translate(lines, **options)]
     with _client(translator, max_wait_ms=50) as client:
         together = [t["text"] for t in _translate(client, lines, **options)]
         alone = [None] * len(lines)

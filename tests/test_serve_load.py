@@ -1,4 +1,5 @@
-"""translate serve under load: 32 clients x 20 requests, good and bad mixed, on a real server."""
+"""translate serve under load: 32 clients x 20 requests, good and bad mixed, greedy, beam and
+sampling, on a real server."""
 
 import json
 from collections import Counter
@@ -8,6 +9,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
 
+from seq2seq.cli import output_text  # noqa: E402
 from seq2seq.serve.load import run_clients  # noqa: E402
 from seq2seq.serve.process import ServerProcess  # noqa: E402
 from seq2seq.translator import Translator  # noqa: E402
@@ -15,7 +17,8 @@ from seq2seq.translator import Translator  # noqa: E402
 pytestmark = pytest.mark.usefixtures("decoding_one_thread")
 
 CLIENTS, REQUESTS = 32, 20
-BEAMS = (1, 3)
+# The search options of the good requests, in turn: greedy, beam 3, sampling.
+OPTIONS = ({"beam_size": 1}, {"beam_size": 3}, {"sampling": True, "seed": 1})
 # Bad requests, each with its status and the start of its error message.
 BAD = [
     (b"not json", 400, "body: not valid JSON"),
@@ -37,19 +40,19 @@ def _plan(client: int, sources: list[str]) -> list[tuple[bytes, tuple | None]]:
             plan.append((body, (status, message)))
         else:
             picked = [sources[(k * 7 + j) % len(sources)] for j in range(1 + k % 3)]
-            beam = BEAMS[k % 2]
-            body = json.dumps({"text": picked, "beam_size": beam}).encode()
+            body = json.dumps({"text": picked, **OPTIONS[k // 3 % len(OPTIONS)]}).encode()
             plan.append((body, None))
     return plan
 
 
 def test_32_clients_mixed_requests(decoding_checkpoint, decoding_val_sources):
     translator = Translator.from_checkpoints([decoding_checkpoint])
-    expected = {
-        beam: dict(zip(decoding_val_sources, (r[0].text for r in translator.translate(
-            decoding_val_sources, beam_size=beam)), strict=True))
-        for beam in BEAMS
-    }
+    expected = [
+        # output_text: what the service and `translate` answer (a sample may hold a "\x0c").
+        dict(zip(decoding_val_sources, (output_text(r[0]) for r in translator.translate(
+            decoding_val_sources, **options)), strict=True))
+        for options in OPTIONS
+    ]
     plans = [_plan(c, decoding_val_sources) for c in range(CLIENTS)]
     sent = [0] * CLIENTS
 
@@ -81,9 +84,10 @@ def test_32_clients_mixed_requests(decoding_checkpoint, decoding_val_sources):
             else:
                 good += 1
                 request = json.loads(body)
+                options = OPTIONS.index({k: v for k, v in request.items() if k != "text"})
                 assert outcome.status == 200, outcome.answer
                 words = [t["text"] for t in outcome.answer["translations"]]
-                assert words == [expected[request["beam_size"]][s] for s in request["text"]]
+                assert words == [expected[options][s] for s in request["text"]]
     # The server decoded each good request once, in fewer batches than requests, and still works.
     assert health["requests_decoded"] == good and health["batches"] < good
     assert health["status"] == "ok" and health["queued"] == 0
