@@ -3,6 +3,8 @@
     translate serve -m model.ckpt                       # http://127.0.0.1:8080/
     curl -s localhost:8080/v1/translate -H 'content-type: application/json' \\
         -d '{"text": ["Ein Mann fährt Fahrrad."]}'
+    curl -s localhost:8080/v1/score -H 'content-type: application/json' \\
+        -d '{"source": ["Ein Mann fährt Fahrrad."], "target": ["A man rides a bike."]}'
 
 The models are chosen here, at start-up; no request names a file. SIGTERM (or Ctrl-C) stops
 accepting connections, answers what is in flight, and exits with status 0.
