@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 import torch
 from tqdm import tqdm
@@ -45,6 +45,7 @@ from seq2seq.search import (
     SEED,
     TEMPERATURE,
     SearchOptionError,
+    check_applicable,
     check_search_options,
 )
 from seq2seq.translator import (
@@ -156,20 +157,26 @@ def check_search_flags(parser: argparse.ArgumentParser, **options) -> None:
     try:
         check_search_options(**options)
     except SearchOptionError as e:
-        parser.error(f"argument --{e.option.replace('_', '-')}: {e.problem}")
+        _flag_error(parser, e)
+
+
+def _flag_error(parser: argparse.ArgumentParser, e: SearchOptionError) -> NoReturn:
+    parser.error(f"argument --{e.option.replace('_', '-')}: {e.problem}")
 
 
 def check_decoding_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """`check_search_flags` for what `add_decoding_options` parsed (and --nbest, if any), and
     an --output that is a folder: found now, not after the whole input is translated."""
-    if args.sampling and args.beam_size is not None:
-        parser.error("argument --beam-size: does not apply with --sampling (nothing is searched)")
-    given = [name for name in SAMPLING_DEFAULTS if getattr(args, name) is not None]
-    if given and not args.sampling:
-        parser.error(f"argument --{given[0].replace('_', '-')}: applies with --sampling only")
-    args.beam_size = args.beam_size or BEAM_SIZE
-    for name, default in SAMPLING_DEFAULTS.items():
-        setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
+    # The options whose default is None: given, or left to the mode's default.
+    defaults = {"beam_size": BEAM_SIZE, **SAMPLING_DEFAULTS}
+    given = [name for name in defaults if getattr(args, name) is not None]
+    try:
+        check_applicable(args.sampling, given, switch="--sampling")
+    except SearchOptionError as e:
+        _flag_error(parser, e)
+    for name, default in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     options = {name: getattr(args, name) for name in SEARCH_FLAGS}
     check_search_flags(parser, nbest=getattr(args, "nbest", 1), **options)
     check_output(parser, args.output)

@@ -21,7 +21,7 @@ output for a sentence does not depend on what else is in its batch.
 import hashlib
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -118,6 +118,17 @@ def check_search_options(
     # every token the same chance.
     if not (math.isfinite(temperature) and temperature > 0):
         raise SearchOptionError("temperature", f"must be a finite number > 0, got {temperature}")
+
+
+def check_applicable(sampling: bool, given: Collection[str], switch: str = "sampling") -> None:
+    """Of the options a caller set itself (`given`), refuse those its mode would silently
+    ignore: beam_size when sampling, the sampling options when searching. SearchOptionError
+    naming the first; `switch` is sampling's name as the caller spells it ("--sampling")."""
+    if sampling and "beam_size" in given:
+        raise SearchOptionError("beam_size", f"does not apply with {switch} (nothing is searched)")
+    for name in SAMPLING_DEFAULTS:
+        if name in given and not sampling:
+            raise SearchOptionError(name, f"applies with {switch} only")
 
 
 def output_limit(

@@ -14,6 +14,7 @@ from seq2seq.search import (
     SAMPLING_TOPK,
     SEED,
     TEMPERATURE,
+    check_applicable,
     check_search_options,
 )
 from seq2seq.translator import BEAM_SIZE
@@ -68,12 +69,8 @@ class TranslateRequest(BaseModel):
             raise ValueError(
                 f"beam_size: must be from 1 to {limits.max_beam_size}, got {self.beam_size}"
             )
-        if self.sampling and "beam_size" in self.model_fields_set:
-            raise ValueError("beam_size: does not apply with sampling (nothing is searched)")
-        given = [name for name in SAMPLING_DEFAULTS if name in self.model_fields_set]
-        if given and not self.sampling:
-            raise ValueError(f"{given[0]}: applies with sampling only")
-        # A ValueError whose message names the option.
+        # SearchOptionErrors: ValueErrors whose message names the option.
+        check_applicable(self.sampling, self.model_fields_set)
         check_search_options(**self.search_options())
         return self
 
