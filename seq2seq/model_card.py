@@ -9,6 +9,8 @@ scores with their sacreBLEU signatures, how it was trained, and its limits.
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from seq2seq.pretrained import is_hub_id
+
 MULTI30K_HUB_ID = "bentrevett/multi30k"
 MULTI30K_TERMS_URL = "https://hockenmaier.cs.illinois.edu/DenotationGraph/data/"
 METRICS = {"bleu": "BLEU", "chrf": "chrF", "ter": "TER"}
@@ -23,7 +25,18 @@ def _data_name(training_config: dict | None) -> str | None:
     return data.get("hf_dataset") or data.get("data_dir") or MULTI30K_HUB_ID
 
 
-def _data_section(name: str | None) -> str:
+def _base_model(training_config: dict | None) -> str | None:
+    """The model the run fine-tuned (`seq2seq-train --init_from`); None for a new network."""
+    return (training_config or {}).get("init_from")
+
+
+def _data_section(name: str | None, base_model: str | None) -> str:
+    if base_model is not None:
+        inherited = (
+            f" It was fine-tuned from `{base_model}`, so that model's training data and its "
+            "terms apply to this one too."
+        )
+        return _data_section(name, None) + inherited
     if name is None:
         return (
             "The checkpoint did not record its training data (it carried no training "
@@ -72,9 +85,11 @@ def _training_section(training_config: dict | None, checkpoints: list[str]) -> s
     if training_config is None:
         return averaged + "The training command is not known: the checkpoint did not carry it."
     config = yaml.safe_dump(training_config, sort_keys=False, allow_unicode=True)
+    base_model = _base_model(training_config)
+    how = f"Fine-tuned from `{base_model}`" if base_model else "Trained"
     return "\n".join(
         [
-            averaged + "Trained with seq2seq by",
+            averaged + how + " with seq2seq by",
             "",
             "```bash",
             "python scripts/train.py --config config.yaml",
@@ -135,6 +150,7 @@ def render(
     """
     src, tgt = config["src_lang"], config["tgt_lang"]
     data_name = _data_name(config["training_config"])
+    base_model = _base_model(config["training_config"])
     multi30k = data_name is not None and "multi30k" in data_name.lower()
     eval_results = [
         EvalResult(
@@ -158,6 +174,8 @@ def render(
         license_name="multi30k-non-commercial" if multi30k else None,
         license_link=MULTI30K_TERMS_URL if multi30k else None,
         datasets=[MULTI30K_HUB_ID if multi30k else data_name] if data_name else None,
+        # The hub links a fine-tuned model to its base model, which must be a hub id.
+        base_model=base_model if base_model and is_hub_id(base_model) else None,
         metrics=list(METRICS),
         tags=["translation", "seq2seq", cell, "bahdanau-attention", "sentencepiece"],
         pipeline_tag="translation",
@@ -193,7 +211,7 @@ nothing in it is a pickle.
 
 ## Data and its terms
 
-{_data_section(data_name)}
+{_data_section(data_name, base_model)}
 
 ## Test scores
 

@@ -3,7 +3,7 @@
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import lightning as L
@@ -69,6 +69,23 @@ class TrainingConfig(ModelConfig):
         """The network's part of this config."""
         return ModelConfig(**{f.name: getattr(self, f.name) for f in fields(ModelConfig)})
 
+    def with_network_of(self, network: ModelConfig) -> "tuple[TrainingConfig, dict]":
+        """This config with `network`'s settings, as fine-tuning a model needs: every field of
+        the network but the dropouts, which leave the weights' shapes and meaning alone and are
+        the config's to set. -> (the config, {field: (this config's value, the network's)} for
+        each value replaced)."""
+        taken = {
+            f.name: getattr(network, f.name)
+            for f in fields(ModelConfig)
+            if f.name not in FINE_TUNING_SETS
+        }
+        replaced = {k: (getattr(self, k), v) for k, v in taken.items() if getattr(self, k) != v}
+        return replace(self, **taken), replaced
+
+
+# The network's settings that a fine-tuning config may change.
+FINE_TUNING_SETS = ("dropout", "embedding_dropout", "recurrent_dropout")
+
 
 def check_embedding_sharing(config: ModelConfig, joint_vocab: bool) -> None:
     """One embedding table for both languages needs one SentencePiece model for both: with two,
@@ -81,12 +98,23 @@ def check_embedding_sharing(config: ModelConfig, joint_vocab: bool) -> None:
 
 
 class TranslationModule(L.LightningModule):
-    def __init__(self, config: TrainingConfig | None = None):
+    def __init__(self, config: TrainingConfig | None = None, pretrained: Seq2Seq | None = None):
+        """`pretrained`: fine-tune these weights (its network must be `config`'s, its
+        vocabularies the data module's tokenizers'); by default a new network is trained."""
         super().__init__()
         self.config = config or TrainingConfig()
         # Plain data in the checkpoint (it is read with weights_only=True), not the dataclass.
         self.save_hyperparameters(asdict(self.config))
         self.model: Seq2Seq | None = None
+        self._pretrained: tuple[tuple[int, int], dict] | None = None  # vocab sizes, weights
+        if pretrained is not None:
+            if differ := self.config.with_network_of(pretrained.config)[1]:
+                raise ValueError(
+                    f"the pretrained model's network differs from the config's: {', '.join(differ)}"
+                )
+            # Its weights, not the module: a module held here would join this one's parameters.
+            sizes = pretrained.src_vocab_size, pretrained.tgt_vocab_size
+            self._pretrained = sizes, pretrained.state_dict()
         self.task: TranslationTask | None = None
         self._bad_steps = 0
         self._last_step_end: float | None = None
@@ -96,15 +124,25 @@ class TranslationModule(L.LightningModule):
     # ----------------------------------------------------------------- model and data
     def configure_model(self) -> None:
         """Build the model once the data module knows the vocabulary (Lightning calls this
-        after the data module's `setup`)."""
+        after the data module's `setup`), from the pretrained weights when fine-tuning."""
         if self.model is not None:
             return
         self.task = task = self.trainer.datamodule.task
         config = self.config.model_config()
         check_embedding_sharing(config, task.joint_vocab)
-        self.model = Seq2Seq(
-            config, task.src_tokenizer.vocab_size, task.tgt_tokenizer.vocab_size
-        )
+        sizes = task.src_tokenizer.vocab_size, task.tgt_tokenizer.vocab_size
+        model = Seq2Seq(config, *sizes)  # the config's dropouts, whatever the pretrained had
+        if self._pretrained is not None:
+            pretrained_sizes, weights = self._pretrained
+            if pretrained_sizes != sizes:
+                raise ValueError(
+                    f"the pretrained model's vocabularies ({pretrained_sizes[0]} / "
+                    f"{pretrained_sizes[1]} pieces) are not the data's tokenizers' "
+                    f"({sizes[0]} / {sizes[1]})"
+                )
+            model.load_state_dict(weights)
+            self._pretrained = None
+        self.model = model
 
     def on_fit_start(self) -> None:
         log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks

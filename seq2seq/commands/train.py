@@ -3,6 +3,7 @@
     seq2seq-train                                            # the default Multi30k de->en config
     seq2seq-train --config configs/tiny.yaml --trainer.max_steps 50
     seq2seq-train --config configs/multi30k_de_en.yaml --ckpt_path last
+    seq2seq-train --init_from models/de-en --data.data_dir my_corpus --model.lr 2e-4  # fine-tune
     seq2seq-train --print_config
 
 (`python scripts/train.py ...` is the same command.) Without `-c/--config`, the default config
@@ -20,10 +21,13 @@ import lightning.pytorch
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
 
 from seq2seq.callbacks import check_validation_callbacks
 from seq2seq.checkpoint import (
     CheckpointError,
+    LoadedModel,
+    load_model,
     read_checkpoint,
     read_model_config,
     read_tokenizers,
@@ -56,10 +60,28 @@ class TrainCLI(LightningCLI):
             default=None,
             help="resume from this checkpoint; 'last' finds the run's last.ckpt",
         )
+        parser.add_argument(
+            "--init_from",
+            default=None,
+            help="fine-tune a model (a checkpoint, a model folder or a hub id): a new run that "
+            "starts from its weights, with its SentencePiece models and its network (the "
+            "config's dropouts and training settings apply)",
+        )
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
-        self.model = TranslationModule(self.model)  # the TrainingConfig parsed above
+        config = self.model  # the TrainingConfig parsed above
+        self.pretrained: LoadedModel | None = None
+        self.replaced: dict = {}  # network settings the pretrained model overrides
+        if self.config.init_from:
+            try:
+                self.pretrained = load_model(self.config.init_from)
+            except CheckpointError as e:
+                raise CheckpointError(f"--init_from {e}") from None
+            config, self.replaced = config.with_network_of(self.pretrained.model.config)
+            for key, (_, theirs) in self.replaced.items():  # so config.yaml says what ran
+                setattr(self.config.model, key, theirs)
+        self.model = TranslationModule(config, self.pretrained and self.pretrained.model)
 
 
 def names_a_config(args: list[str]) -> bool:
@@ -87,6 +109,8 @@ def main(args: list[str] | None = None) -> None:
             parser_kwargs=parser_kwargs,
             save_config_kwargs={"overwrite": True},
         )
+        if cli.pretrained is not None:
+            start_fine_tuning(cli.config.init_from, cli.pretrained, cli.replaced, cli.datamodule)
         ckpt_path = cli.config.ckpt_path
         if ckpt_path == "last":
             ckpt_path = find_last_checkpoint(Path(cli.trainer.default_root_dir))
@@ -97,7 +121,7 @@ def main(args: list[str] | None = None) -> None:
             cli.datamodule.use_tokenizers(*read_tokenizers(ckpt_path))
             if cli.config.trainer.logger in (None, True):  # Lightning's default logger
                 log_into_version_of(cli.trainer, Path(ckpt_path))
-        check_embedding_sharing(cli.model.config, cli.datamodule.hparams.joint_vocab)
+        check_embedding_sharing(cli.model.config, cli.datamodule.joint_vocab)
         check_validation_callbacks(cli.trainer.callbacks)
         accumulate = cli.trainer.accumulate_grad_batches
         if accumulate < 1:  # Lightning takes 0 and divides by it at the first batch
@@ -137,6 +161,32 @@ def raised_by_lightning(error: Exception) -> bool:
         return False
     package = Path(lightning.pytorch.__file__).parent
     return Path(traceback.tb_frame.f_code.co_filename).is_relative_to(package)
+
+
+def start_fine_tuning(
+    name: str, pretrained: LoadedModel, replaced: dict, data: TranslationDataModule
+) -> None:
+    """Check that the data is in the pretrained model's languages, hand its SentencePiece models
+    to the data module (its token ids must keep meaning the same pieces) and say what the
+    pretrained model decided over the config."""
+    theirs = f"{pretrained.src_lang}->{pretrained.tgt_lang}"
+    ours = f"{data.hparams.src_lang}->{data.hparams.tgt_lang}"
+    if theirs != ours:
+        raise ValueError(
+            f"--init_from {name}: the model translates {theirs}, the data is {ours} "
+            "(data.src_lang, data.tgt_lang)"
+        )
+    data.use_tokenizers(pretrained.src_tokenizer, pretrained.tgt_tokenizer)
+    if rank_zero_only.rank == 0:
+        network = "".join(
+            f"; model.{key} {model_value!r} (the config: {config_value!r})"
+            for key, (config_value, model_value) in replaced.items()
+        )
+        print(
+            f"fine-tuning {name} ({theirs}): its weights, SentencePiece models and network"
+            f"{network}",
+            file=sys.stderr,
+        )
 
 
 def check_resumable(path: Path, module: TranslationModule) -> None:

@@ -92,8 +92,17 @@ class TranslationDataModule(L.LightningDataModule):
 
     def use_tokenizers(self, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer) -> None:
         """Tokenize with these instead of training SentencePiece (a resumed run keeps the
-        tokenizers its checkpoint was trained with). Call before `setup`."""
+        tokenizers its checkpoint was trained with, a fine-tuned one the pretrained model's).
+        Call before `setup`."""
         self.src_tokenizer, self.tgt_tokenizer = src_tokenizer, tgt_tokenizer
+
+    @property
+    def joint_vocab(self) -> bool:
+        """One SentencePiece model for both languages: the given models' case, else what
+        data.joint_vocab asks training to build."""
+        if self.src_tokenizer is None:
+            return self.hparams.joint_vocab
+        return self.src_tokenizer.model_proto == self.tgt_tokenizer.model_proto
 
     def _load(self, split: str, lines: int | None):
         hp = self.hparams
@@ -123,7 +132,7 @@ class TranslationDataModule(L.LightningDataModule):
         self.val_examples = self._tokenize(val)
         self.task = TranslationTask(
             self.src_tokenizer, self.tgt_tokenizer, hp.src_lang, hp.tgt_lang,
-            joint_vocab=self.src_tokenizer.model_proto == self.tgt_tokenizer.model_proto,
+            joint_vocab=self.joint_vocab,
             val_sources=list(val["src"]), val_references=list(val["tgt"]),
         )
         log.info(

@@ -1,0 +1,170 @@
+"""Fine-tuning (`seq2seq-train --init_from MODEL`): a new run that starts from a model's weights,
+SentencePiece models and network, whether the model is a checkpoint, a folder or a hub id."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from seq2seq.checkpoint import load_model
+from seq2seq.commands import export, train
+from seq2seq.pretrained import save_pretrained
+from seq2seq.translator import Translator
+from tests.test_pretrained import REPO_ID, _hub_cache
+
+ROOT = Path(__file__).resolve().parents[1]
+# The tiny config's network is not the decoding fixture's (encoder 32 vs 16 a direction, one
+# decoder layer vs two, attention 32 vs 16): fine-tuning must take the model's.
+REPLACED = (
+    "; model.encoder_hidden_size 16 (the config: 32); model.decoder_layers 2 (the config: 1); "
+    "model.attention_size 16 (the config: 32)"
+)
+
+
+def fine_tuning_args(root: Path, model: str | Path, *more: str) -> list[str]:
+    return [
+        "--config", str(ROOT / "configs" / "tiny.yaml"),
+        "--trainer.default_root_dir", str(root),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.max_steps", "2",
+        "--trainer.val_check_interval", "2",
+        "--data.val_lines", "20",
+        # Adam moves each weight by about lr a step, whatever the gradient: so little that the
+        # run's weights must still be the model's, where a new network's would be far away.
+        "--model.lr", "1e-9",
+        "--init_from", str(model),
+        *more,
+    ]
+
+
+def fine_tune(root: Path, model: str | Path, *more: str) -> None:
+    train.main(fine_tuning_args(root, model, *more))
+
+
+def last_checkpoint(root: Path) -> Path:
+    (last,) = root.glob("**/checkpoints/last.ckpt")
+    return last
+
+
+def assert_started_from(root: Path, pretrained) -> None:
+    checkpoint = torch.load(last_checkpoint(root), map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 2
+    weights = pretrained.model.state_dict()
+    assert checkpoint["state_dict"].keys() == {f"model.{k}" for k in weights}
+    for key, value in weights.items():
+        got = checkpoint["state_dict"][f"model.{key}"]
+        torch.testing.assert_close(got, value, atol=1e-6, rtol=0)
+    payload = checkpoint["seq2seq"]
+    assert payload["src_spm"] == pretrained.src_tokenizer.model_proto
+    assert payload["tgt_spm"] == pretrained.tgt_tokenizer.model_proto
+    network = dict(payload["model_config"])
+    # The dropouts are the config's (tiny.yaml: dropout 0.1, the default embedding dropout 0.1;
+    # the fixture trained with none); everything else is the model's.
+    assert (network.pop("dropout"), network.pop("embedding_dropout")) == (0.1, 0.1)
+    theirs = vars(pretrained.model.config)
+    assert network == {k: v for k, v in theirs.items() if k in network}
+
+
+def test_fine_tunes_a_checkpoint(tmp_path, decoding_checkpoint, decoding_val_sources, capsys):
+    # data.joint_vocab false would train two SentencePiece models; the model's joint one is used.
+    fine_tune(tmp_path, decoding_checkpoint, "--data.joint_vocab", "false")
+    err = capsys.readouterr().err
+    assert (
+        f"fine-tuning {decoding_checkpoint} (de->en): its weights, SentencePiece models and "
+        f"network{REPLACED}\n"
+    ) in err
+    pretrained = load_model(decoding_checkpoint)
+    assert_started_from(tmp_path, pretrained)
+    # The run's config.yaml says what ran: the model's network, and where it started.
+    (config,) = tmp_path.glob("**/config.yaml")
+    config = yaml.safe_load(config.read_text())
+    assert config["init_from"] == str(decoding_checkpoint)
+    assert (config["model"]["decoder_layers"], config["model"]["encoder_hidden_size"]) == (2, 16)
+    # It translates as the model it started from.
+    sources = decoding_val_sources[:20]
+    texts = {
+        path: [n[0].text for n in Translator.from_checkpoint(path).translate(sources)]
+        for path in (decoding_checkpoint, last_checkpoint(tmp_path))
+    }
+    assert texts[last_checkpoint(tmp_path)] == texts[decoding_checkpoint]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, decoding_checkpoint) -> Path:
+    path = tmp_path_factory.mktemp("finetune") / "tiny-de-en"
+    save_pretrained(path, load_model(decoding_checkpoint))
+    return path
+
+
+def test_fine_tunes_a_folder_and_a_hub_id_and_the_card_names_it(
+    tmp_path, folder, decoding_checkpoint, monkeypatch, capsys
+):
+    import huggingface_hub.constants
+
+    fine_tune(tmp_path / "folder", folder)
+    assert_started_from(tmp_path / "folder", load_model(decoding_checkpoint))
+    monkeypatch.setattr(
+        huggingface_hub.constants, "HF_HUB_CACHE", str(_hub_cache(tmp_path / "hub", folder))
+    )
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)  # REPO_ID names nothing here: a hub id
+    fine_tune(tmp_path / "hub_run", REPO_ID)
+    assert f"fine-tuning {REPO_ID} (de->en)" in capsys.readouterr().err
+    assert_started_from(tmp_path / "hub_run", load_model(decoding_checkpoint))
+
+    # The model card of a fine-tuned model names its base model, in the hub's metadata too.
+    for run, base_model in (("hub_run", REPO_ID), ("folder", None)):
+        out = tmp_path / f"{run}_export"
+        assert export.main([str(last_checkpoint(tmp_path / run)), "--output", str(out)]) == 0
+        card = (out / "README.md").read_text()
+        metadata = yaml.safe_load(card.split("---\n")[1])
+        assert metadata.get("base_model") == base_model
+        name = base_model or str(folder)
+        assert f"Fine-tuned from `{name}` with seq2seq by" in card
+        assert f"It was fine-tuned from `{name}`, so that model's training data" in card
+
+
+def test_two_ddp_processes_fine_tune(tmp_path, folder, decoding_checkpoint):
+    # In processes of their own: Lightning starts the second rank by running the command again.
+    args = fine_tuning_args(
+        tmp_path, folder, "--trainer.strategy", "ddp", "--trainer.devices", "2",
+        "--trainer.accelerator", "cpu",
+    )
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), *args],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("fine-tuning ") == 1  # rank 0 says it, once
+    assert_started_from(tmp_path, load_model(decoding_checkpoint))
+
+
+def test_a_fine_tuned_run_resumes(tmp_path, decoding_checkpoint):
+    fine_tune(tmp_path, decoding_checkpoint)
+    fine_tune(tmp_path, decoding_checkpoint, "--trainer.max_steps", "4", "--ckpt_path", "last")
+    checkpoint = torch.load(last_checkpoint(tmp_path), map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 4
+    assert checkpoint["seq2seq"]["model_config"]["decoder_layers"] == 2
+
+
+@pytest.mark.parametrize(
+    "more, message",
+    [
+        (
+            ["--data.src_lang", "en", "--data.tgt_lang", "de"],
+            "error: --init_from {model}: the model translates de->en, the data is en->de "
+            "(data.src_lang, data.tgt_lang)\n",
+        ),
+        (["--init_from", "{missing}"], "error: --init_from {missing}: no such checkpoint file\n"),
+    ],
+)
+def test_errors_are_one_line(tmp_path, decoding_checkpoint, capsys, more, message):
+    names = {"model": decoding_checkpoint, "missing": tmp_path / "no.ckpt"}
+    with pytest.raises(SystemExit) as stop:
+        fine_tune(tmp_path, decoding_checkpoint, *(m.format(**names) for m in more))
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.endswith(message.format(**names))
+    assert not list(tmp_path.glob("**/*.ckpt"))
