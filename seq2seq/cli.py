@@ -282,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="write DIR/000001.png, ...: the best translation's attention per input line",
     )
+    parser.add_argument(
+        "--prefix",
+        type=Path,
+        metavar="FILE",
+        help="one line per input line: text its translation must begin with, which the search "
+        "completes (an empty line: none); with a whole input file (-i, or < FILE)",
+    )
     return parser
 
 
@@ -326,32 +333,57 @@ def _stream_groups(fd: int) -> Iterator[list[bytes]]:
         yield split_lines(pending)
 
 
-def _decode(raw: bytes, lineno: int) -> str:
+def _decode(raw: bytes, lineno: int, where: str = "") -> str:
+    """A line as text; invalid UTF-8 replaced, with a warning naming `where` (a file) and the
+    line."""
     if lineno == 1:
         raw = raw.removeprefix(codecs.BOM_UTF8)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        _warn(f"line {lineno}: invalid UTF-8 bytes replaced with U+FFFD")
+        _warn(f"{where}line {lineno}: invalid UTF-8 bytes replaced with U+FFFD")
         return raw.decode("utf-8", errors="replace")
+
+
+def _read_prefixes(path: Path, lines: int) -> list[str]:
+    """--prefix FILE: one line per input line. Raises CorpusError naming the file."""
+    if not path.is_file():
+        raise CorpusError(f"--prefix {path}: no such file")
+    raw = split_lines(read_bytes(path))
+    if len(raw) != lines:
+        raise CorpusError(f"--prefix {path}: {len(raw)} lines for {lines} input lines")
+    return [_decode(line, n, f"--prefix {path} ") for n, line in enumerate(raw, 1)]
 
 
 class LineTranslator:
     """Turns numbered input lines into output lines, warning about each line's problems."""
 
-    def __init__(self, translator: Translator, args: argparse.Namespace, out: BinaryIO):
+    def __init__(
+        self,
+        translator: Translator,
+        args: argparse.Namespace,
+        out: BinaryIO,
+        prefixes: list[str] | None = None,
+    ):
         self.translator = translator
         self.args = args
         self.out = out
         self.failed = 0
         self.options = {**search_options(args), "nbest": args.nbest}
+        self.prefixes = prefixes  # of every input line, in order (--prefix)
+
+    def _prefixes(self, linenos: range) -> dict:
+        """The prefixes option for these lines: {} without --prefix."""
+        if self.prefixes is None:
+            return {}
+        return {"prefixes": self.prefixes[linenos.start - 1 : linenos.stop - 1]}
 
     def __call__(self, lines: list[bytes], first_lineno: int) -> None:
         """Translate, write and flush lines numbered first_lineno, first_lineno + 1, ..."""
         linenos = range(first_lineno, first_lineno + len(lines))
         texts = [_decode(raw, n) for raw, n in zip(lines, linenos, strict=True)]
         try:
-            results = self.translator.translate(texts, **self.options)
+            results = self.translator.translate(texts, **self.options, **self._prefixes(linenos))
         except BrokenProcessPool:
             raise  # a worker died (out of memory?): no later line would be translated either
         except Exception:
@@ -372,7 +404,8 @@ class LineTranslator:
 
     def _one(self, text: str, lineno: int) -> list[TranslationResult]:
         try:
-            return self.translator.translate([text], **self.options)[0]
+            prefixes = self._prefixes(range(lineno, lineno + 1))
+            return self.translator.translate([text], **self.options, **prefixes)[0]
         except Exception as e:
             self.failed += 1
             _warn(
@@ -415,9 +448,11 @@ def _run(
     translator: Translator | TranslatorPool,
     out: BinaryIO,
     data: bytes | None,
+    prefixes: list[str] | None,
 ) -> int:
-    """Translate `data` (the -i file's bytes) or stdin into `out`."""
-    translate = LineTranslator(translator, args, out)
+    """Translate `data` (the -i file's bytes, or stdin's with --prefix) or stdin into `out`,
+    each line beginning with its line of `prefixes` if given."""
+    translate = LineTranslator(translator, args, out, prefixes)
     if _whole_file(args):
         lines = split_lines(sys.stdin.buffer.read() if data is None else data)
         chunk = args.batch_size * FILE_CHUNK_BATCHES * plan(args.workers)[0]  # per process
@@ -451,6 +486,13 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("no input: stdin is closed; give -i FILE")
     try:  # before the model loads: an unreadable file (a broken gzip, say) fails at once
         data = read_bytes(args.input) if args.input else None
+        prefixes = None
+        if args.prefix:
+            if not _whole_file(args):
+                return _fail("--prefix: needs a whole input file (-i, or < FILE), not a pipe")
+            if data is None:
+                data = sys.stdin.buffer.read()
+            prefixes = _read_prefixes(args.prefix, len(split_lines(data)))
     except CorpusError as e:
         return _fail(str(e))
     if args.plot_attention:
@@ -474,8 +516,8 @@ def main(argv: list[str] | None = None) -> int:
         with opened as translator:
             if args.output:
                 with open(args.output, "wb") as out:
-                    return _run(args, translator, out, data)
-            return _run(args, translator, sys.stdout.buffer, data)
+                    return _run(args, translator, out, data, prefixes)
+            return _run(args, translator, sys.stdout.buffer, data, prefixes)
     except BrokenProcessPool as e:
         return _worker_died(e)
     except OSError as e:

@@ -139,21 +139,67 @@ def output_limit(
 
 
 def _max_lengths(
-    src_lengths: torch.Tensor, max_len_a: float, max_len_b: float, min_len: int
+    src_lengths: torch.Tensor,
+    max_len_a: float,
+    max_len_b: float,
+    min_len: int,
+    prefixes: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """src_lengths (B,) -> the most output tokens before EOS per sentence (B,), on its device.
+    """src_lengths (B,) -> the most output tokens before EOS per sentence (B,), on its device;
+    never fewer than its prefix has (EOS may then follow the prefix at once).
 
     Computed in Python so that a sentence's limit is the same exact number in any batch.
     """
     limits = [output_limit(n, max_len_a, max_len_b, min_len) for n in src_lengths.tolist()]
-    return torch.tensor(limits, dtype=torch.long, device=src_lengths.device)
+    limits = torch.tensor(limits, dtype=torch.long, device=src_lengths.device)
+    if prefixes is None:
+        return limits
+    return torch.maximum(limits, (prefixes != PAD_ID).sum(1).to(limits.device))
 
 
-def _constrain(log_probs: torch.Tensor, step: int, at_max: torch.Tensor, min_len: int) -> None:
-    """In place on log_probs (N, V): never PAD or BOS, no EOS before min_len, only EOS at_max (N,).
+def _check_prefixes(prefixes: torch.Tensor | None, batch: int) -> None:
+    """prefixes (B, P): the output ids each output must begin with, padded with PAD at the end
+    (a row of PAD: no prefix). ValueError for anything else."""
+    if prefixes is None:
+        return
+    if prefixes.dim() != 2 or prefixes.size(0) != batch:
+        raise ValueError(
+            f"prefixes must be a (batch, length) tensor for a batch of {batch}, got shape "
+            f"{tuple(prefixes.shape)}"
+        )
+    real = prefixes != PAD_ID  # (B, P)
+    in_place = torch.arange(prefixes.size(1), device=prefixes.device) < real.sum(1, keepdim=True)
+    if not bool((real == in_place).all()):
+        raise ValueError("a prefix has PAD before its end")
+    if bool(((prefixes == BOS_ID) | (prefixes == EOS_ID)).any()):
+        raise ValueError("a prefix cannot hold BOS or EOS")
 
-    A forced EOS keeps the model's own log-probability, so scores stay true model scores.
+
+def _forced(prefixes: torch.Tensor | None, rows: torch.Tensor, step: int) -> torch.Tensor | None:
+    """The token each of `rows` (N,) (rows of prefixes) must take at `step` (N,), PAD where it
+    is free; None where no row is forced any more."""
+    if prefixes is None or step >= prefixes.size(1):
+        return None
+    return prefixes[rows, step]
+
+
+def _constrain(
+    log_probs: torch.Tensor,
+    step: int,
+    at_max: torch.Tensor,
+    min_len: int,
+    forced: torch.Tensor | None = None,
+) -> None:
+    """In place on log_probs (N, V): the forced token (N,) alone where one is given (not PAD),
+    never PAD or BOS, no EOS before min_len, only EOS at_max (N,).
+
+    A forced token keeps the model's own log-probability, so scores stay true model scores.
     """
+    if forced is not None:
+        rows = (forced != PAD_ID).unsqueeze(1)  # (N, 1)
+        kept = log_probs.gather(1, forced.unsqueeze(1))  # (N, 1) free rows: PAD's, reset below
+        log_probs.masked_fill_(rows, -math.inf)
+        log_probs.scatter_(1, forced.unsqueeze(1), kept)
     log_probs[:, PAD_ID] = -math.inf
     log_probs[:, BOS_ID] = -math.inf
     if step < min_len:
@@ -173,18 +219,22 @@ def greedy_search(
     max_len_b: float = MAX_LEN_B,
     min_len: int = 1,
     length_penalty: float = 1.0,
+    prefixes: torch.Tensor | None = None,
 ) -> list[Hypothesis]:
     """src (B, S) padded with PAD and ending in EOS, src_lengths (B,) -> one hypothesis each.
 
     `length_penalty` only scales the reported score, so that it means the same as beam search's.
+    `prefixes` (B, P), padded with PAD: output ids each output begins with (forced, and scored
+    as the model scores them), the search going on from there; the length limit never cuts one.
     """
     check_search_options(1, 1, length_penalty, max_len_a, max_len_b, min_len)
+    _check_prefixes(prefixes, src.size(0))
     if src.size(0) == 0:
         return []
-    max_lens = _max_lengths(src_lengths, max_len_a, max_len_b, min_len)  # (B,)
+    max_lens = _max_lengths(src_lengths, max_len_a, max_len_b, min_len, prefixes)  # (B,)
 
     def most_probable(log_probs: torch.Tensor, alive: torch.Tensor, t: int) -> torch.Tensor:
-        _constrain(log_probs, t, max_lens[alive] <= t, min_len)
+        _constrain(log_probs, t, max_lens[alive] <= t, min_len, _forced(prefixes, alive, t))
         return log_probs.max(dim=1).indices  # (N,)
 
     steps = int(max_lens.max()) + 1
@@ -203,6 +253,7 @@ def sample(
     max_len_b: float = MAX_LEN_B,
     min_len: int = 1,
     length_penalty: float = 1.0,
+    prefixes: torch.Tensor | None = None,
 ) -> list[Hypothesis]:
     """src (B, S) as for greedy search -> one translation each, drawn token by token from the
     model's distribution (back-translation by sampling, Edunov et al. 2018, "Understanding
@@ -213,13 +264,15 @@ def sample(
     Sentence i draws from a generator of its own, seeded by `seed` and its source ids, so its
     sample depends on neither its batch nor its place in the input (identical sources get the
     same sample): the same seed gives the same samples at any batch size and on any workers.
+    `prefixes` as for greedy search: the draws begin after them.
     """
     check_search_options(
         1, 1, length_penalty, max_len_a, max_len_b, min_len, sampling_topk, temperature, seed
     )
+    _check_prefixes(prefixes, src.size(0))
     if src.size(0) == 0:
         return []
-    max_lens = _max_lengths(src_lengths, max_len_a, max_len_b, min_len)  # (B,)
+    max_lens = _max_lengths(src_lengths, max_len_a, max_len_b, min_len, prefixes)  # (B,)
     steps = int(max_lens.max()) + 1
     generators = [
         _sentence_generator(seed, row[:n])
@@ -230,7 +283,7 @@ def sample(
     ).to(src.device)
 
     def drawn(log_probs: torch.Tensor, alive: torch.Tensor, t: int) -> torch.Tensor:
-        _constrain(log_probs, t, max_lens[alive] <= t, min_len)
+        _constrain(log_probs, t, max_lens[alive] <= t, min_len, _forced(prefixes, alive, t))
         # In float64 (where a temperature of 1e-300 is not 0), shifted so that each row's best
         # is 0 before the division: a tiny temperature sends the others to -inf, never all of
         # them (softmax would be NaN).
@@ -381,6 +434,7 @@ def beam_search(
     max_len_a: float = MAX_LEN_A,
     max_len_b: float = MAX_LEN_B,
     min_len: int = 1,
+    prefixes: torch.Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """src (B, S) padded with PAD and ending in EOS, src_lengths (B,) -> nbest each, best first.
 
@@ -389,14 +443,17 @@ def beam_search(
     remain. EOS among the k best finishes a hypothesis (exactly what a k-wide beam would keep);
     a sentence stops when it has k finished hypotheses or reaches its length limit, and leaves
     the batch. The survivors' history is kept as back-pointers and read back at the end.
+    `prefixes` as for greedy search: while a sentence's prefix lasts, its one live beam takes
+    the prefix's token (as at the start, the other k-1 stay empty); the beam opens after it.
     """
     check_search_options(beam_size, nbest, length_penalty, max_len_a, max_len_b, min_len)
     k = beam_size
     batch = src.size(0)
+    _check_prefixes(prefixes, batch)
     if batch == 0:
         return []
     device = src.device
-    max_lens = _max_lengths(src_lengths, max_len_a, max_len_b, min_len)  # (B,)
+    max_lens = _max_lengths(src_lengths, max_len_a, max_len_b, min_len, prefixes)  # (B,)
     memory, state = model.encode(src, src_lengths)
     # The state per beam (Bk rows), the memory per sentence (B rows): decode_step's contract.
     state = model.reorder_state(state, torch.arange(batch, device=device).repeat_interleave(k))
@@ -416,7 +473,8 @@ def beam_search(
         log_probs, state, alphas = model.decode_step(prev, state, memory)  # (Nk, V), (Nk, S)
         vocab = log_probs.size(1)
         at_max = max_lens[alive] <= t  # (N,)
-        _constrain(log_probs, t, at_max.repeat_interleave(k), min_len)
+        forced = _forced(prefixes, alive.repeat_interleave(k), t)  # (Nk,) or None
+        _constrain(log_probs, t, at_max.repeat_interleave(k), min_len, forced)
 
         candidates = (beam_scores.view(-1, 1) + log_probs).view(n, k * vocab)  # (N, kV)
         cand_scores, cand_ids = candidates.topk(2 * k, dim=1)  # (N, 2k)

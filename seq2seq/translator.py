@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from seq2seq.checkpoint import LoadedModel, load_model
-from seq2seq.data.batching import source_tensors, target_tensor
+from seq2seq.data.batching import pad, source_tensors, target_tensor
 from seq2seq.data.corpus import clean
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.ensemble import Ensemble, load_ensemble
@@ -165,6 +165,7 @@ class Translator:
         sampling_topk: int = SAMPLING_TOPK,
         temperature: float = TEMPERATURE,
         seed: int = SEED,
+        prefixes: list[str] | None = None,
     ) -> list[list[TranslationResult]]:
         """The nbest translations of each text, best first, in input order.
 
@@ -172,8 +173,12 @@ class Translator:
         `min_len` blocks EOS until that many tokens exist (benchmarks decode fixed lengths).
         sampling=True draws one translation instead of searching (`search.sample`, which says
         what sampling_topk, temperature and seed do; beam_size is not used there).
-        Raises search.SearchOptionError (a ValueError) for an option out of range, and TypeError
-        for texts that are not a list of str, before any text is translated.
+        `prefixes[i]`: text that translation i must begin with (interactive translation: what
+        the translator has typed so far; "" for none), tokenized into target pieces and forced,
+        the search completing it; at most `max_src_len` pieces.
+        Raises search.SearchOptionError (a ValueError) for an option out of range, TypeError
+        for texts that are not a list of str, and ValueError for prefixes that do not pair up
+        with the texts or are too long, before any text is translated.
         """
         check_search_options(
             beam_size, nbest, length_penalty, max_len_a, max_len_b, min_len,
@@ -181,6 +186,7 @@ class Translator:
         )
         _check_sizes(batch_size=batch_size, max_src_len=max_src_len)
         ids = self.src_tokenizer.encode(_cleaned("texts", texts, "translate([text])"))
+        prefix_ids = self._prefix_ids(prefixes, len(ids), max_src_len)
         results: list[list[TranslationResult]] = [[empty_result()] for _ in texts]
         # Similar lengths share a batch, so little of it is padding; longest first, so that a
         # batch too large for memory fails at once rather than at the end.
@@ -191,8 +197,10 @@ class Translator:
             src, src_lengths = (t.to(self.device) for t in source_tensors(src_ids))
             options = dict(
                 max_len_a=max_len_a, max_len_b=max_len_b, length_penalty=length_penalty,
-                min_len=min_len,
+                min_len=min_len, prefixes=None,
             )
+            if prefix_ids is not None and any(prefix_ids[i] for i in batch):
+                options["prefixes"] = pad([prefix_ids[i] for i in batch]).to(self.device)
             with self._autocast():
                 if sampling:
                     drawn = sample(
@@ -209,6 +217,21 @@ class Translator:
                 truncated = len(ids[i]) > max_src_len
                 results[i] = [self._result(h, source, truncated) for h in hyps]
         return results
+
+    def _prefix_ids(
+        self, prefixes: list[str] | None, count: int, max_len: int
+    ) -> list[list[int]] | None:
+        """Each prefix's target ids; ValueError naming the one that cannot be used."""
+        if prefixes is None:
+            return None
+        cleaned = _cleaned("prefixes", prefixes, "translate([text], prefixes=[prefix])")
+        if len(cleaned) != count:
+            raise ValueError(f"{len(cleaned)} prefixes for {count} texts")
+        ids = self.tgt_tokenizer.encode(cleaned)
+        for i, prefix in enumerate(ids):
+            if len(prefix) > max_len:
+                raise ValueError(f"prefixes[{i}]: {len(prefix)} pieces; at most {max_len}")
+        return ids
 
     def score(
         self,

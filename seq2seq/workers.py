@@ -90,8 +90,13 @@ class TranslatorPool:
         """As `Translator.translate`. Lines are dealt out in turn, so each process gets a
         similar mix of lengths and all finish at about the same time."""
         n = self.processes
+        prefixes = options.pop("prefixes", None)  # per text: dealt out with the texts
+
+        def share(i: int) -> dict:
+            return options if prefixes is None else {**options, "prefixes": prefixes[i::n]}
+
         shares = {
-            i: self._executor.submit(_translate, texts[i::n], options)
+            i: self._executor.submit(_translate, texts[i::n], share(i))
             for i in range(min(n, len(texts)))
         }
         results: list[list[TranslationResult]] = [[] for _ in texts]

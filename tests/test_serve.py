@@ -131,6 +131,51 @@ def test_sampling_gives_what_translator_gives(translator, decoding_val_sources):
     assert scored["text"] == expected[0] and scored["score"] < 0
 
 
+def test_prefixes_give_what_translator_gives(translator, decoding_val_sources):
+    """Each translation begins with its prefix and is `Translator.translate`'s, alone and in
+    batches shared with other requests; requests without a prefix are decoded as before."""
+    lines = decoding_val_sources[:8]
+    prefixes = ["Two dogs", "", "A man", "", "The", "", "A woman is", "Zwei"]
+    expected = [
+        output_text(n[0]) for n in translator.translate(lines, beam_size=3, prefixes=prefixes)
+    ]
+    plain = [output_text(n[0]) for n in translator.translate(lines, beam_size=3)]
+    with _client(translator, max_wait_ms=50) as client:
+        together = [t["text"] for t in _translate(client, lines, beam_size=3, prefix=prefixes)]
+        alone, without = [None] * len(lines), [None] * len(lines)
+
+        def one(i):
+            alone[i] = _translate(client, [lines[i]], beam_size=3, prefix=[prefixes[i]])[0]["text"]
+            without[i] = _translate(client, [lines[i]], beam_size=3)[0]["text"]
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(lines))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        greedy = _translate(client, lines[:1], beam_size=1, prefix=["Two cats"])[0]["text"]
+        sampled = _translate(client, lines[:1], sampling=True, prefix=["Two cats"])[0]["text"]
+    assert together == alone == expected
+    assert without == plain
+    assert all(t.startswith(p) for t, p in zip(together, prefixes, strict=True))
+    assert greedy.startswith("Two cats") and sampled.startswith("Two cats")
+
+
+def test_bad_prefixes_are_refused_before_decoding(translator):
+    with _client(translator, Limits(max_line_chars=3000)) as client:
+        for prefix, message in (
+            (["A"], "prefix: 1 items for 2 sentences of text"),
+            ([], "prefix: must hold at least one sentence"),
+            (["A", 3], "prefix[1]: Input should be a valid string"),
+            (["A", "x" * 3001],
+             "prefix[1]: 3001 characters; this server takes at most 3000 a sentence"),
+            (["A", "a dog " * 200], "prefix[1]: 400 pieces; this server takes at most 250"),
+        ):
+            response = client.post("/v1/translate", json={"text": ["a", "b"], "prefix": prefix})
+            assert (response.status_code, response.json()) == (422, {"error": message})
+        assert client.get("/health").json()["requests_decoded"] == 0
+
+
 def _score(client, source, target, **options):
     response = client.post("/v1/score", json={"source": source, "target": target, **options})
     assert response.status_code == 200, response.text
@@ -405,7 +450,18 @@ def test_attention_that_could_outgrow_its_limit_is_refused_before_decoding(trans
             f"returns at most {one:,} (send fewer or shorter sentences, or leave it off)"
         )})
         assert _translate(client, text * 2)  # without attention: no limit
-        assert client.get("/health").json()["requests_decoded"] == 2  # the refused one: never
+        # A prefix longer than the output limit makes the output, and its attention, longer.
+        prefix = "a " * (output_limit(n) + 4)
+        p = len(translator.tgt_tokenizer.encode([prefix])[0])
+        assert p > output_limit(n)
+        response = client.post(
+            "/v1/translate", json={"text": text, "prefix": [prefix], "return_attention": True}
+        )
+        assert (response.status_code, response.json()["error"]) == (
+            422, f"return_attention: up to {n * (p + 1):,} weights for these sentences; this "
+            f"server returns at most {one:,} (send fewer or shorter sentences, or leave it off)"
+        )
+        assert client.get("/health").json()["requests_decoded"] == 2  # the refused: never
 
 
 def test_full_queue_answers_503_with_retry_after(translator):

@@ -107,6 +107,17 @@ def test_pool_translates_as_translator(pool, decoding_checkpoint, decoding_val_s
         assert scores == pytest.approx([r.score for n in expected for r in n], abs=1e-5)
 
 
+def test_pool_deals_out_prefixes_with_their_texts(pool, decoding_checkpoint,
+                                                  decoding_val_sources):
+    texts = decoding_val_sources[:9]
+    prefixes = ["Two dogs", "", "A man", "", "The", "", "A woman is", "Zwei", "A"]
+    expected = Translator.from_checkpoint(decoding_checkpoint).translate(
+        texts, beam_size=2, prefixes=prefixes
+    )
+    got = pool.translate(texts, beam_size=2, prefixes=prefixes)
+    assert [n[0].text for n in got] == [n[0].text for n in expected]
+
+
 def test_a_worker_that_cannot_load_is_one_line(tmp_path, mixed_file, capsys):
     missing = tmp_path / "missing.ckpt"
     assert cli.main(["-m", str(missing), "-i", str(mixed_file), "--workers", "2"]) == 2

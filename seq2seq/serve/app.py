@@ -104,10 +104,11 @@ def parse_request(
         raise ErrorAnswer(422, error_message(e, request)) from None
 
 
-def _check_attention_size(lengths: list[int], limit: int) -> None:
+def _check_attention_size(lengths: list[int], prefixes: list[int], limit: int) -> None:
     """Refuse, before decoding, attention that could outgrow `limit` weights: a sentence's
-    weights are its source length times its output length, EOS included in both."""
-    most = sum(n * (output_limit(n) + 1) for n in lengths)
+    weights are its source length times its output length (never shorter than its prefix), EOS
+    included in both."""
+    most = sum(n * (max(output_limit(n), p) + 1) for n, p in zip(lengths, prefixes, strict=True))
     if most > limit:
         raise ErrorAnswer(
             422,
@@ -140,16 +141,23 @@ async def _through(
         raise ErrorAnswer(500, f"{what} failed ({type(e).__name__}); see the server log") from None
 
 
+def _check_pieces(field: str, counts: list[int], verb: str = "takes") -> None:
+    """Refuse, before decoding, an item of `field` with more pieces than the model reads a
+    source (MAX_SRC_LEN): a target to score or a prefix is never cut (a cut one would be
+    another), so only this bounds its decoding and attention."""
+    for i, n in enumerate(counts):
+        if n > MAX_SRC_LEN:
+            raise ErrorAnswer(
+                422, f"{field}[{i}]: {n} pieces; this server {verb} at most {MAX_SRC_LEN}"
+            )
+
+
 def _check_pair_lengths(source: list[int], target: list[int], limits: Limits, attention: bool):
-    """Refuse, before scoring, a pair longer than the model reads (MAX_SRC_LEN pieces a side:
-    scoring never cuts, a cut pair would be another pair), and with `attention`, more weights
-    than `limits` allow: (source + EOS) x (target + EOS) a pair."""
-    for side, counts in (("source", source), ("target", target)):
-        for i, n in enumerate(counts):
-            if n > MAX_SRC_LEN:
-                raise ErrorAnswer(
-                    422, f"{side}[{i}]: {n} pieces; this server scores at most {MAX_SRC_LEN}"
-                )
+    """Refuse, before scoring, a pair longer than the model reads (`_check_pieces`: scoring
+    never cuts), and with `attention`, more weights than `limits` allow: (source + EOS) x
+    (target + EOS) a pair."""
+    _check_pieces("source", source, "scores")
+    _check_pieces("target", target, "scores")
     weights = sum((s + 1) * (t + 1) for s, t in zip(source, target, strict=True))
     if attention and weights > limits.max_attention_weights:
         raise ErrorAnswer(
@@ -221,9 +229,16 @@ def create_app(batcher: DynamicBatcher, models: dict, limits: Limits) -> FastAPI
         body = await _read_body(request, limits.max_body_bytes)
         req = parse_request(body, limits)
         lengths = batcher.source_lengths(req.text)
+        texts, options = req.text, req.search_options()
+        prefixes = [0] * len(texts)
+        if req.prefix is not None:
+            prefixes = batcher.pieces(req.prefix, "target")
+            _check_pieces("prefix", prefixes)
+            texts = list(zip(texts, req.prefix, strict=True))
+            options = {**options, "prefixed": True}
         if req.return_attention:
-            _check_attention_size(lengths, limits.max_attention_weights)
-        results = await _through(batcher, "translation", req.text, lengths, req.search_options())
+            _check_attention_size(lengths, prefixes, limits.max_attention_weights)
+        results = await _through(batcher, "translation", texts, lengths, options)
         return TranslateResponse(translations=[_translation(r, req) for r in results])
 
     @app.post(

@@ -35,9 +35,10 @@ class QueueFull(Exception):
 
 @dataclass(eq=False)  # a job is itself: `in` and `remove` on the queue compare identities
 class _Job:
-    texts: list  # sentences to translate, or (source, target) pairs to score
+    texts: list  # sentences to translate, (sentence, prefix) pairs, or (source, target) pairs
     options: dict  # keyword arguments of Translator.translate (or .score); equal options, and
-    # only they, share a batch: {"score": True, ...} marks a scoring job
+    # only they, share a batch: {"score": True, ...} marks a scoring job, {"prefixed": True,
+    # ...} a translation job of (sentence, prefix) pairs
     costs: list[int]  # of each sentence: source pieces (EOS included) times beam size
     arrived: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
@@ -90,8 +91,9 @@ class DynamicBatcher:
         self, texts: list, lengths: list[int], **options
     ) -> "Future[list[list[TranslationResult]]]":
         """Queue texts (`lengths`: their `source_lengths`) for `Translator.translate(texts,
-        **options)`, or (source, target) pairs for `Translator.score` with score=True among the
-        options; raises QueueFull when `max_queue` requests wait."""
+        **options)`, (text, prefix) pairs for it with prefixed=True among the options, or
+        (source, target) pairs for `Translator.score` with score=True; raises QueueFull when
+        `max_queue` requests wait."""
         job = _Job(texts, options, [n * options.get("beam_size", 1) for n in lengths])
         with self._changed:
             if self._stopping:
@@ -157,6 +159,11 @@ class DynamicBatcher:
             if options.pop("score", False):
                 sources, targets = zip(*texts, strict=True)
                 results = self.translator.score(list(sources), list(targets), **options)
+            elif options.pop("prefixed", False):
+                sources, prefixes = zip(*texts, strict=True)
+                results = self.translator.translate(
+                    list(sources), prefixes=list(prefixes), **options
+                )
             else:
                 results = self.translator.translate(texts, **options)
         except Exception as e:

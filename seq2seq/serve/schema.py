@@ -60,11 +60,22 @@ class TranslateRequest(BaseModel):
         SEED,
         description="with sampling: a sentence's sample depends only on it and the seed",
     )
+    prefix: list[str] | None = Field(
+        None,
+        description="text each translation must begin with, one per sentence (\"\": none): "
+        "the search completes it (interactive translation)",
+    )
 
     @model_validator(mode="after")
     def _within_limits(self, info: ValidationInfo) -> "TranslateRequest":
         limits: Limits = (info.context or {}).get("limits", Limits())
         _check_sentences("text", self.text, limits)
+        if self.prefix is not None:
+            _check_sentences("prefix", self.prefix, limits)
+            if len(self.prefix) != len(self.text):
+                raise ValueError(
+                    f"prefix: {len(self.prefix)} items for {len(self.text)} sentences of text"
+                )
         if not 1 <= self.beam_size <= limits.max_beam_size:
             raise ValueError(
                 f"beam_size: must be from 1 to {limits.max_beam_size}, got {self.beam_size}"

@@ -1,0 +1,245 @@
+"""Prefix-constrained decoding: each output begins with given tokens, and the search (greedy,
+beam or sampling) completes it; `Translator.translate(..., prefixes=[...])`."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from seq2seq import cli
+from seq2seq.cli import output_text
+from seq2seq.data.batching import pad, source_tensors, target_tensor
+from seq2seq.search import beam_search, force_decode, greedy_search, sample
+from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID
+from seq2seq.translator import Translator
+from tests.test_score import _assert_same
+
+pytestmark = pytest.mark.usefixtures("decoding_one_thread")
+
+
+@pytest.fixture(scope="module")
+def sources(decoding_tokenizer, decoding_val_sources) -> list[list[int]]:
+    return decoding_tokenizer.encode(decoding_val_sources[:16])
+
+
+@pytest.fixture(scope="module")
+def other_prefixes(decoding_tokenizer, sources) -> list[list[int]]:
+    """Prefixes the model would not have chosen, of different lengths (some none)."""
+    starts = ["Zwei Hunde", "", "A", "Two dogs play in the", "", "The man"]
+    return [decoding_tokenizer.encode([starts[i % len(starts)]])[0] for i in range(len(sources))]
+
+
+def _prefixes(rows: list[list[int]]) -> torch.Tensor:
+    return pad(rows)
+
+
+def test_forcing_greedy_search_its_own_start_changes_nothing(decoding_model, sources):
+    free = greedy_search(decoding_model, *source_tensors(sources))
+    for m in (1, 3, 100):  # 100: the whole output, then EOS
+        forced = greedy_search(
+            decoding_model, *source_tensors(sources),
+            prefixes=_prefixes([h.tokens[:m] for h in free]),
+        )
+        for a, b in zip(forced, free, strict=True):
+            _assert_same(a, b)
+
+
+def test_outputs_begin_with_the_prefix_and_are_scored_as_the_model_scores_them(
+    decoding_model, sources, other_prefixes
+):
+    prefixes = _prefixes(other_prefixes)
+    greedy = greedy_search(decoding_model, *source_tensors(sources), prefixes=prefixes)
+    beams = beam_search(
+        decoding_model, *source_tensors(sources), beam_size=4, nbest=4, prefixes=prefixes
+    )
+    drawn = sample(decoding_model, *source_tensors(sources), seed=3, prefixes=prefixes)
+    outputs = [[h] for h in greedy] + beams + [[h] for h in drawn]
+    for prefix, nbest in zip(other_prefixes * 6, outputs, strict=False):
+        for hyp in nbest:
+            assert hyp.tokens[: len(prefix)] == prefix
+    # The scores are the model's own (the prefix's tokens included): forced decoding agrees.
+    for found in (greedy, [n[3] for n in beams], drawn):
+        forced = force_decode(
+            decoding_model, *source_tensors(sources),
+            target_tensor([h.tokens for h in found]),
+        )
+        for a, b in zip(found, forced, strict=True):
+            _assert_same(a, b)
+    # A beam of one is greedy search, with a prefix too.
+    one = beam_search(decoding_model, *source_tensors(sources), beam_size=1, prefixes=prefixes)
+    for a, b in zip([n[0] for n in one], greedy, strict=True):
+        _assert_same(a, b)
+
+
+def test_a_prefix_changes_the_rest(decoding_model, sources, decoding_tokenizer):
+    """The search goes on from the prefix: it does not put the prefix before the output it
+    would have given without one."""
+    free = beam_search(decoding_model, *source_tensors(sources), beam_size=4)
+    prefix = decoding_tokenizer.encode(["Two dogs"])[0]
+    forced = beam_search(
+        decoding_model, *source_tensors(sources), beam_size=4,
+        prefixes=_prefixes([prefix] * len(sources)),
+    )
+    assert all(n[0].tokens[: len(prefix)] == prefix for n in forced)
+    pasted = sum(n[0].tokens == prefix + f[0].tokens for n, f in zip(forced, free, strict=True))
+    assert pasted <= len(sources) // 2
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam", "sample"])
+def test_each_sentence_as_alone(decoding_model, sources, other_prefixes, search):
+    def run(rows, prefix_rows):
+        src = source_tensors(rows)
+        prefixes = _prefixes(prefix_rows)
+        if search == "greedy":
+            return greedy_search(decoding_model, *src, prefixes=prefixes)
+        if search == "beam":
+            return [n[0] for n in beam_search(decoding_model, *src, prefixes=prefixes)]
+        return sample(decoding_model, *src, seed=5, prefixes=prefixes)
+
+    together = run(sources, other_prefixes)
+    for i in (0, 1, 3, 7):
+        (alone,) = run([sources[i]], [other_prefixes[i]])
+        assert alone.tokens == together[i].tokens
+        assert alone.score == pytest.approx(together[i].score, abs=1e-5)
+
+
+def test_the_length_limit_never_cuts_a_prefix(decoding_model, sources, other_prefixes):
+    long = [p for p in other_prefixes if len(p) > 2][0]
+    for hyps in (
+        greedy_search(
+            decoding_model, *source_tensors(sources[:2]), max_len_a=0, max_len_b=2,
+            prefixes=_prefixes([long, long]),
+        ),
+        [n[0] for n in beam_search(
+            decoding_model, *source_tensors(sources[:2]), max_len_a=0, max_len_b=2,
+            prefixes=_prefixes([long, long]),
+        )],
+    ):
+        assert [h.tokens for h in hyps] == [long, long]  # then EOS at once
+
+
+@pytest.mark.parametrize(
+    "prefixes, message",
+    [
+        (torch.tensor([[5, PAD_ID, 6]] * 2), "a prefix has PAD before its end"),
+        (torch.tensor([[5, EOS_ID]] * 2), "a prefix cannot hold BOS or EOS"),
+        (torch.tensor([[BOS_ID, 5]] * 2), "a prefix cannot hold BOS or EOS"),
+        (torch.tensor([[5]] * 3), r"for a batch of 2, got shape \(3, 1\)"),
+        (torch.tensor([5, 6]), r"for a batch of 2, got shape \(2,\)"),
+    ],
+)
+def test_bad_prefix_tensors(decoding_model, sources, prefixes, message):
+    for search in (greedy_search, beam_search, sample):
+        with pytest.raises(ValueError, match=message):
+            search(decoding_model, *source_tensors(sources[:2]), prefixes=prefixes)
+
+
+def test_translator_prefixes(decoding_model, decoding_tokenizer, decoding_val_sources):
+    translator = Translator(decoding_model, decoding_tokenizer, decoding_tokenizer)
+    texts = decoding_val_sources[:6]
+    free = translator.translate(texts, beam_size=3)
+    starts = ["Two dogs", "", "A woman is", "", "Zwei", "A"]
+    found = translator.translate(texts, beam_size=3, prefixes=starts, batch_size=4)
+    for start, nbest, alone in zip(starts, found, free, strict=True):
+        assert nbest[0].text.startswith(start)
+        if not start:  # no prefix: as without
+            assert nbest[0].text == alone[0].text
+    # Sampled and greedy, with prefixes that are the model's own start, as without any.
+    own = [nbest[0].text.split(" ")[0] for nbest in translator.translate(texts, beam_size=1)]
+    again = translator.translate(texts, beam_size=1, prefixes=own)
+    assert [n[0].text for n in again] == [
+        n[0].text for n in translator.translate(texts, beam_size=1)
+    ]
+    for nbest, start in zip(translator.translate(texts, sampling=True, prefixes=own), own,
+                            strict=True):
+        assert nbest[0].text.startswith(start)
+    # An empty source gets the empty result, prefix or not.
+    assert translator.translate([""], prefixes=["A"])[0][0].text == ""
+
+
+@pytest.mark.parametrize(
+    "prefixes, error, message",
+    [
+        (["A"], ValueError, "1 prefixes for 2 texts"),
+        ("AB", TypeError, "prefixes: a list of sentences, got one str"),
+        (["A", 3], TypeError, r"prefixes\[1\]: a str, got int"),
+        (["A", "a " * 30], ValueError, r"prefixes\[1\]: 30 pieces; at most 20"),
+    ],
+)
+def test_translator_bad_prefixes(decoding_model, decoding_tokenizer, prefixes, error, message):
+    translator = Translator(decoding_model, decoding_tokenizer, decoding_tokenizer)
+    with pytest.raises(error, match=message):
+        translator.translate(["Ein Hund.", "Zwei Katzen."], prefixes=prefixes, max_src_len=20)
+
+
+# --- translate --prefix FILE ---
+
+
+@pytest.fixture
+def prefix_files(tmp_path, decoding_val_sources):
+    lines = decoding_val_sources[:9]
+    prefixes = ["Two dogs", "", "A man", "", "The", "", "A woman is", "Zwei", "A"]
+    source, prefix = tmp_path / "in.de", tmp_path / "prefix.en"
+    source.write_text("".join(f"{x}\n" for x in lines), encoding="utf-8")
+    prefix.write_text("".join(f"{x}\n" for x in prefixes), encoding="utf-8")
+    return lines, prefixes, source, prefix
+
+
+def _command(*args) -> list[str]:
+    return [sys.executable, "-m", "seq2seq.cli", *map(str, args)]
+
+
+def test_translate_prefix_file(decoding_checkpoint, decoding_model, decoding_tokenizer,
+                               prefix_files, tmp_path, capsys):
+    lines, prefixes, source, prefix = prefix_files
+    translator = Translator(decoding_model, decoding_tokenizer, decoding_tokenizer)
+    expected = [
+        output_text(n[0]) for n in translator.translate(lines, beam_size=3, prefixes=prefixes)
+    ]
+    args = ["-m", decoding_checkpoint, "-i", source, "--beam-size", 3, "--prefix", prefix]
+    assert cli.main([*map(str, args)]) == 0
+    assert capsys.readouterr().out.splitlines() == expected
+    # stdin redirected from the file, and 2 worker processes: the same lines.
+    with open(source, "rb") as stdin:
+        redirected = subprocess.run(
+            _command("-m", decoding_checkpoint, "--beam-size", 3, "--prefix", prefix),
+            stdin=stdin, capture_output=True, text=True, check=True,
+        ).stdout.splitlines()
+    assert redirected == expected
+    two = tmp_path / "two.en"
+    assert cli.main([*map(str, args), "--workers", "2", "-o", str(two)]) == 0
+    assert two.read_text(encoding="utf-8").splitlines() == expected
+
+
+def test_translate_prefix_errors(decoding_checkpoint, prefix_files, tmp_path, capsys):
+    lines, prefixes, source, prefix = prefix_files
+    short = tmp_path / "short.en"
+    short.write_text("A\nB\n", encoding="utf-8")
+    model = ["-m", str(tmp_path / "never-read.ckpt")]  # every error comes before loading
+    for args, message in (
+        (["--prefix", str(short)], f"--prefix {short}: 2 lines for 9 input lines"),
+        (["--prefix", str(tmp_path / "no.en")], f"--prefix {tmp_path / 'no.en'}: no such file"),
+    ):
+        assert cli.main([*model, "-i", str(source), *args]) == 2
+        assert capsys.readouterr().err == f"translate: error: {message}\n"
+    piped = subprocess.run(
+        _command(*model, "--prefix", prefix), input="Ein Hund.\n", capture_output=True, text=True,
+    )
+    assert (piped.returncode, piped.stderr) == (
+        2, "translate: error: --prefix: needs a whole input file (-i, or < FILE), not a pipe\n"
+    )
+    # A prefix the model cannot take (longer than --max-src-len) fails its line alone.
+    long = tmp_path / "long.en"
+    long.write_text("A\n" * 8 + "a " * 30 + "\n", encoding="utf-8")
+    out = tmp_path / "out.en"
+    code = cli.main([
+        "-m", str(decoding_checkpoint), "-i", str(source), "--prefix", str(long),
+        "--max-src-len", "20", "-o", str(out),
+    ])
+    assert code == 1
+    written = out.read_text(encoding="utf-8").splitlines()
+    assert len(written) == 9 and written[8] == "" and all(w.startswith("A") for w in written[:8])
+    assert "line 9: translation failed (ValueError: prefixes[0]: 30 pieces; at most 20)" in (
+        capsys.readouterr().err
+    )
