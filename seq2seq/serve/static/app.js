@@ -26,6 +26,7 @@ async function translate(event) {
       body: JSON.stringify({
         text: lines,
         ...searchOptions(),
+        ...prefixes(lines.length),
         return_scores: $("scores").checked,
         return_attention: true,
       }),
@@ -49,6 +50,13 @@ async function translate(event) {
 function searchOptions() {
   if ($("sample").checked) return {sampling: true, seed: Number($("seed").value)};
   return {beam_size: Number($("beam").value), nbest: Number($("nbest").value)};
+}
+
+// What the translator typed as the translation's beginning, for every line; the model
+// completes it (interactive translation). Nothing typed: no prefix sent.
+function prefixes(count) {
+  const prefix = $("prefix").value.trim();
+  return prefix ? {prefix: Array(count).fill(prefix)} : {};
 }
 
 function showSampling() {
