@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
 
-from seq2seq.checkpoint import make_payload
+from seq2seq.checkpoint import LoadedModel, make_payload
 from seq2seq.data.batching import Batch
 from seq2seq.data.datamodule import TranslationTask
 from seq2seq.metrics import bleu
@@ -24,6 +24,11 @@ from seq2seq.special_tokens import PAD_ID
 class NonFiniteLossError(RuntimeError):
     """`max_bad_steps` consecutive batches had a non-finite loss. Their updates were skipped,
     so the weights are still those from before the fault (and are saved to last.ckpt)."""
+
+
+# The network's settings that fine-tuning takes from its config rather than from the model: the
+# dropouts, which leave the weights' shapes and meaning alone.
+FINE_TUNABLE = ("dropout", "embedding_dropout", "recurrent_dropout")
 
 
 @dataclass
@@ -77,14 +82,10 @@ class TrainingConfig(ModelConfig):
         taken = {
             f.name: getattr(network, f.name)
             for f in fields(ModelConfig)
-            if f.name not in FINE_TUNING_SETS
+            if f.name not in FINE_TUNABLE
         }
         replaced = {k: (getattr(self, k), v) for k, v in taken.items() if getattr(self, k) != v}
         return replace(self, **taken), replaced
-
-
-# The network's settings that a fine-tuning config may change.
-FINE_TUNING_SETS = ("dropout", "embedding_dropout", "recurrent_dropout")
 
 
 def check_embedding_sharing(config: ModelConfig, joint_vocab: bool) -> None:
@@ -98,23 +99,26 @@ def check_embedding_sharing(config: ModelConfig, joint_vocab: bool) -> None:
 
 
 class TranslationModule(L.LightningModule):
-    def __init__(self, config: TrainingConfig | None = None, pretrained: Seq2Seq | None = None):
-        """`pretrained`: fine-tune these weights (its network must be `config`'s, its
-        vocabularies the data module's tokenizers'); by default a new network is trained."""
+    def __init__(
+        self, config: TrainingConfig | None = None, pretrained: LoadedModel | None = None
+    ):
+        """`pretrained` (`checkpoint.load_model`'s): fine-tune its weights. Its network must be
+        `config`'s (`TrainingConfig.with_network_of`), and the data module must tokenize with
+        its SentencePiece models (`use_tokenizers`); by default a new network is trained."""
         super().__init__()
         self.config = config or TrainingConfig()
         # Plain data in the checkpoint (it is read with weights_only=True), not the dataclass.
         self.save_hyperparameters(asdict(self.config))
         self.model: Seq2Seq | None = None
-        self._pretrained: tuple[tuple[int, int], dict] | None = None  # vocab sizes, weights
+        self._pretrained: tuple[tuple[bytes, bytes], dict] | None = None  # SentencePiece, weights
         if pretrained is not None:
-            if differ := self.config.with_network_of(pretrained.config)[1]:
+            if differ := self.config.with_network_of(pretrained.model.config)[1]:
                 raise ValueError(
                     f"the pretrained model's network differs from the config's: {', '.join(differ)}"
                 )
             # Its weights, not the module: a module held here would join this one's parameters.
-            sizes = pretrained.src_vocab_size, pretrained.tgt_vocab_size
-            self._pretrained = sizes, pretrained.state_dict()
+            spm = pretrained.src_tokenizer.model_proto, pretrained.tgt_tokenizer.model_proto
+            self._pretrained = spm, pretrained.model.state_dict()
         self.task: TranslationTask | None = None
         self._bad_steps = 0
         self._last_step_end: float | None = None
@@ -133,12 +137,12 @@ class TranslationModule(L.LightningModule):
         sizes = task.src_tokenizer.vocab_size, task.tgt_tokenizer.vocab_size
         model = Seq2Seq(config, *sizes)  # the config's dropouts, whatever the pretrained had
         if self._pretrained is not None:
-            pretrained_sizes, weights = self._pretrained
-            if pretrained_sizes != sizes:
+            spm, weights = self._pretrained
+            # Token ids mean pieces of one SentencePiece model: the same size is not enough.
+            if spm != (task.src_tokenizer.model_proto, task.tgt_tokenizer.model_proto):
                 raise ValueError(
-                    f"the pretrained model's vocabularies ({pretrained_sizes[0]} / "
-                    f"{pretrained_sizes[1]} pieces) are not the data's tokenizers' "
-                    f"({sizes[0]} / {sizes[1]})"
+                    "the data module tokenizes with other SentencePiece models than the "
+                    "pretrained model's; give it the model's (use_tokenizers)"
                 )
             model.load_state_dict(weights)
             self._pretrained = None

@@ -5,13 +5,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import yaml
 
 from seq2seq.checkpoint import load_model
 from seq2seq.commands import export, train
+from seq2seq.data.datamodule import TranslationDataModule
 from seq2seq.pretrained import save_pretrained
+from seq2seq.training import TrainingConfig, TranslationModule
 from seq2seq.translator import Translator
 from tests.test_pretrained import REPO_ID, _hub_cache
 
@@ -168,3 +171,27 @@ def test_errors_are_one_line(tmp_path, decoding_checkpoint, capsys, more, messag
     assert stop.value.code == 2
     assert capsys.readouterr().err.endswith(message.format(**names))
     assert not list(tmp_path.glob("**/*.ckpt"))
+
+
+def test_the_module_refuses_another_network_or_other_tokenizers(decoding_checkpoint, tmp_path):
+    """In Python: TranslationModule(config, pretrained) needs the model's network in the config
+    and the model's SentencePiece models in the data module; the same vocabulary size is not
+    enough (token ids would mean other pieces)."""
+    pretrained = load_model(decoding_checkpoint)
+    with pytest.raises(ValueError, match=(
+        "network differs from the config's: embedding_size, encoder_hidden_size, "
+        "decoder_hidden_size, decoder_layers, attention_size"
+    )):
+        TranslationModule(TrainingConfig(), pretrained)
+    config, _ = TrainingConfig(dropout=0.2).with_network_of(pretrained.model.config)
+    assert config.dropout == 0.2 and config.decoder_layers == 2
+    module = TranslationModule(config, pretrained)
+    data = TranslationDataModule(  # trains its own SentencePiece model of the same size
+        vocab_size=pretrained.src_tokenizer.vocab_size, train_lines=2000, val_lines=10
+    )
+    trainer = L.Trainer(
+        max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )
+    with pytest.raises(ValueError, match="tokenizes with other SentencePiece models than the "):
+        trainer.fit(module, datamodule=data)

@@ -81,7 +81,7 @@ class TrainCLI(LightningCLI):
             config, self.replaced = config.with_network_of(self.pretrained.model.config)
             for key, (_, theirs) in self.replaced.items():  # so config.yaml says what ran
                 setattr(self.config.model, key, theirs)
-        self.model = TranslationModule(config, self.pretrained and self.pretrained.model)
+        self.model = TranslationModule(config, self.pretrained)
 
 
 def names_a_config(args: list[str]) -> bool:
