@@ -15,14 +15,22 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(value: str) -> int:
+def _int_at_least(value: str, minimum: int, kind: str) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+        raise argparse.ArgumentTypeError(f"expected a {kind} integer, got {value!r}") from None
+    if number < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {number}")
     return number
+
+
+def positive_int(value: str) -> int:
+    return _int_at_least(value, 1, "positive")
+
+
+def non_negative_int(value: str) -> int:
+    return _int_at_least(value, 0, "non-negative")
 
 
 def _finite(value: str) -> float:

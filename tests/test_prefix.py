@@ -1,6 +1,7 @@
 """Prefix-constrained decoding: each output begins with given tokens, and the search (greedy,
 beam or sampling) completes it; `Translator.translate(..., prefixes=[...])`."""
 
+import json
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import torch
 
 from seq2seq import cli
 from seq2seq.cli import output_text
+from seq2seq.commands import decode
 from seq2seq.data.batching import pad, source_tensors, target_tensor
 from seq2seq.search import beam_search, force_decode, greedy_search, sample
 from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID
@@ -243,3 +245,37 @@ def test_translate_prefix_errors(decoding_checkpoint, prefix_files, tmp_path, ca
     assert "line 9: translation failed (ValueError: prefixes[0]: 30 pieces; at most 20)" in (
         capsys.readouterr().err
     )
+
+
+def test_decode_prefix_words(decoding_checkpoint, decoding_val_sources, tmp_path, capsys):
+    """seq2seq-decode --prefix-words K: each output begins with the reference's first K words;
+    next_word is how often the word after them is the reference's too."""
+    sources = decoding_val_sources[:30]
+    translator = Translator.from_checkpoint(decoding_checkpoint)
+    references = [n[0].text for n in translator.translate(sources, beam_size=2)]
+    # References the model would not all give: every third one is another sentence's.
+    references = [references[(i + 1) % 30] if i % 3 == 0 else r for i, r in enumerate(references)]
+    src, ref = tmp_path / "src.de", tmp_path / "ref.en"
+    src.write_text("".join(f"{s}\n" for s in sources), encoding="utf-8")
+    ref.write_text("".join(f"{r}\n" for r in references), encoding="utf-8")
+    args = ["-m", str(decoding_checkpoint), "--src", str(src), "--ref", str(ref),
+            "--beam-size", "2", "--json"]
+    reports = {}
+    for k in (0, 2):
+        out = tmp_path / f"hyps{k}.en"
+        assert decode.main([*args, "--prefix-words", str(k), "--output", str(out)]) == 0
+        reports[k] = json.loads(capsys.readouterr().out.splitlines()[-1])
+        hyps = out.read_text(encoding="utf-8").splitlines()
+        prefixes = [" ".join(r.split()[:k]) for r in references]
+        assert all(h.startswith(p) for h, p in zip(hyps, prefixes, strict=True))
+        same = sum(h.split()[k:k + 1] == r.split()[k:k + 1]
+                   for h, r in zip(hyps, references, strict=True))
+        assert reports[k]["prefix_words"] == k
+        assert reports[k]["next_word"] == round(same / 30, 4)
+    # Without a prefix the outputs are the references two times in three.
+    assert reports[0]["next_word"] >= 0.66
+    assert decode.main([*args]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["bleu"] == reports[0]["bleu"]
+    with pytest.raises(SystemExit):
+        decode.main([*args, "--prefix-words", "-1"])
+    assert "argument --prefix-words: must be at least 0, got -1" in capsys.readouterr().err

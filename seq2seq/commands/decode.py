@@ -7,7 +7,14 @@
 one output line for each of the same input lines.
 
 With --json the last line of stdout is one JSON object: bleu, chrf, ter, signature, sentences,
-seconds (decoding time only: model loading, and with --workers the processes' start, excluded).
+seconds (decoding time only: model loading, and with --workers the processes' start, excluded),
+and with --prefix-words, prefix_words and next_word.
+
+--prefix-words K measures interactive translation, as fairseq-generate's --prefix-size does:
+each translation must begin with the first K words of its reference, the search completes it,
+and next_word is the share of sentences whose next word is the reference's (the end of the
+sentence counts as a word; K = 0: the first word, without a prefix). BLEU then scores whole
+outputs, the given words included.
 """
 
 import argparse
@@ -16,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from seq2seq.arguments import OneLineErrorParser
+from seq2seq.arguments import OneLineErrorParser, non_negative_int
 from seq2seq.cli import (
     add_decoding_options,
     check_decoding_flags,
@@ -37,6 +44,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ref", required=True, type=Path, help="references, plain or .gz")
     parser.add_argument("--output", type=Path, help="write the hypotheses here, one per line")
     parser.add_argument("--json", action="store_true", help="end with one line of JSON")
+    parser.add_argument(
+        "--prefix-words",
+        type=non_negative_int,
+        metavar="K",
+        help="begin each translation with the first K words of its reference and report how "
+        "often the next word is the reference's (interactive translation; 0: no prefix, the "
+        "first word)",
+    )
     args = parser.parse_args(argv)
     check_decoding_flags(parser, args)
     return args
@@ -56,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with opened as translator:
         start = time.perf_counter()
-        results = translator.translate(sources, **search_options(args))
+        results = translator.translate(
+            sources, **search_options(args), prefixes=prefixes(references, args.prefix_words)
+        )
         seconds = time.perf_counter() - start
     hypotheses = [output_text(nbest[0]) for nbest in results]
     truncated = sum(nbest[0].truncated for nbest in results)
@@ -78,9 +95,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:<4} = {scores[name]:6.2f}  {scores['signature'][name]}")
     speed = len(sources) / max(seconds, 1e-9)
     print(f"{len(sources)} sentences in {seconds:.1f} s ({speed:.1f} sentences/s)")
+    prefixed = {}
+    if args.prefix_words is not None:
+        k = args.prefix_words
+        share = next_word(hypotheses, references, k)
+        print(f"next word after {k} reference words: the reference's in {100 * share:.1f}%")
+        prefixed = {"prefix_words": k, "next_word": round(share, 4)}
     if args.json:
-        print(json.dumps({**scores, "sentences": len(sources), "seconds": round(seconds, 3)}))
+        timing = {"sentences": len(sources), "seconds": round(seconds, 3)}
+        print(json.dumps({**scores, **timing, **prefixed}))
     return _fail(write_error) if write_error else 0
+
+
+def prefixes(references: list[str], words: int | None) -> list[str] | None:
+    """The first `words` whitespace-separated words of each reference; None for none."""
+    return [" ".join(r.split()[:words]) for r in references] if words else None
+
+
+def next_word(hypotheses: list[str], references: list[str], words: int) -> float:
+    """The share of hypotheses whose word after the first `words` is the reference's (both
+    ending there counts as the same word)."""
+    same = sum(
+        h.split()[words : words + 1] == r.split()[words : words + 1]
+        for h, r in zip(hypotheses, references, strict=True)
+    )
+    return same / max(len(references), 1)
 
 
 def _fail(message: str) -> int:
