@@ -210,6 +210,24 @@ def _constrain(
         log_probs[:, EOS_ID] = torch.where(at_max, eos, log_probs[:, EOS_ID])
 
 
+def _row_limits(
+    src_lengths: torch.Tensor,
+    max_len_a: float,
+    max_len_b: float,
+    min_len: int,
+    prefixes: torch.Tensor | None,
+) -> tuple[int, Callable[[torch.Tensor, torch.Tensor, int], None]]:
+    """For the searches that go token by token: -> (steps, constrain), where
+    constrain(log_probs (N, V), alive (N,), step) applies `_constrain` to the rows of the
+    sentences `alive`, each with its own length limit and prefix."""
+    max_lens = _max_lengths(src_lengths, max_len_a, max_len_b, min_len, prefixes)  # (B,)
+
+    def constrain(log_probs: torch.Tensor, alive: torch.Tensor, t: int) -> None:
+        _constrain(log_probs, t, max_lens[alive] <= t, min_len, _forced(prefixes, alive, t))
+
+    return int(max_lens.max()) + 1, constrain
+
+
 @torch.inference_mode()
 def greedy_search(
     model,
@@ -231,13 +249,12 @@ def greedy_search(
     _check_prefixes(prefixes, src.size(0))
     if src.size(0) == 0:
         return []
-    max_lens = _max_lengths(src_lengths, max_len_a, max_len_b, min_len, prefixes)  # (B,)
+    steps, constrain = _row_limits(src_lengths, max_len_a, max_len_b, min_len, prefixes)
 
     def most_probable(log_probs: torch.Tensor, alive: torch.Tensor, t: int) -> torch.Tensor:
-        _constrain(log_probs, t, max_lens[alive] <= t, min_len, _forced(prefixes, alive, t))
+        constrain(log_probs, alive, t)
         return log_probs.max(dim=1).indices  # (N,)
 
-    steps = int(max_lens.max()) + 1
     return _token_by_token(model, src, src_lengths, steps, most_probable, length_penalty)
 
 
@@ -272,8 +289,7 @@ def sample(
     _check_prefixes(prefixes, src.size(0))
     if src.size(0) == 0:
         return []
-    max_lens = _max_lengths(src_lengths, max_len_a, max_len_b, min_len, prefixes)  # (B,)
-    steps = int(max_lens.max()) + 1
+    steps, constrain = _row_limits(src_lengths, max_len_a, max_len_b, min_len, prefixes)
     generators = [
         _sentence_generator(seed, row[:n])
         for row, n in zip(src.cpu(), src_lengths.tolist(), strict=True)
@@ -283,7 +299,7 @@ def sample(
     ).to(src.device)
 
     def drawn(log_probs: torch.Tensor, alive: torch.Tensor, t: int) -> torch.Tensor:
-        _constrain(log_probs, t, max_lens[alive] <= t, min_len, _forced(prefixes, alive, t))
+        constrain(log_probs, alive, t)
         # In float64 (where a temperature of 1e-300 is not 0), shifted so that each row's best
         # is 0 before the division: a tiny temperature sends the others to -inf, never all of
         # them (softmax would be NaN).

@@ -51,6 +51,16 @@ def client(translator):
         yield c
 
 
+def _at_once(one, count: int) -> None:
+    """one(0), ..., one(count - 1), each on a thread of its own, all started before any is
+    waited for: concurrent requests."""
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def _translate(client, text, **options):
     response = client.post("/v1/translate", json={"text": text, **options})
     assert response.status_code == 200, response.text
@@ -79,11 +89,7 @@ def test_same_lines_as_translate(translator, decoding_checkpoint, decoding_val_s
         def one(i):
             alone[i] = _translate(client, [lines[i]], beam_size=beam_size)[0]["text"]
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(lines))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _at_once(one, len(lines))
         assert client.get("/health").json()["batches"] < 1 + len(lines)  # some were batched
     assert together == expected
     assert alone == expected
@@ -119,11 +125,7 @@ def test_sampling_gives_what_translator_gives(translator, decoding_val_sources):
         def one(i):
             alone[i] = _translate(client, [lines[i]], **options)[0]["text"]
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(lines))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _at_once(one, len(lines))
         other_seed = _translate(client, lines, **{**options, "seed": 6})
         scored = _translate(client, lines[:1], return_scores=True, **options)[0]
     assert together == alone == expected
@@ -148,11 +150,7 @@ def test_prefixes_give_what_translator_gives(translator, decoding_val_sources):
             alone[i] = _translate(client, [lines[i]], beam_size=3, prefix=[prefixes[i]])[0]["text"]
             without[i] = _translate(client, [lines[i]], beam_size=3)[0]["text"]
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(lines))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _at_once(one, len(lines))
         greedy = _translate(client, lines[:1], beam_size=1, prefix=["Two cats"])[0]["text"]
         sampled = _translate(client, lines[:1], sampling=True, prefix=["Two cats"])[0]["text"]
     assert together == alone == expected
@@ -196,11 +194,7 @@ def test_scores_are_translators(translator, decoding_val_sources):
             alone[i] = _score(client, [sources[i]], [targets[i]], length_penalty=0.6)[0]
             translated[i] = _translate(client, [sources[i]], beam_size=2)[0]["text"]
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(sources))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _at_once(one, len(sources))
         [aligned] = _score(client, sources[:1], targets[:1], return_attention=True)
     assert translated == [n[0].text for n in translator.translate(sources, beam_size=2)]
     for got in (together, alone):
@@ -397,11 +391,7 @@ def test_requests_arriving_together_share_a_batch(translator, decoding_val_sourc
                 client, [decoding_val_sources[i]], beam_size=beams[i % len(beams)]
             )[0]["text"]
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _at_once(one, n)
         return answers, client.get("/health").json()
 
     with _client(translator, max_wait_ms=300) as client:
