@@ -30,13 +30,17 @@ def _base_model(training_config: dict | None) -> str | None:
     return (training_config or {}).get("init_from")
 
 
-def _data_section(name: str | None, base_model: str | None) -> str:
-    if base_model is not None:
-        inherited = (
-            f" It was fine-tuned from `{base_model}`, so that model's training data and its "
-            "terms apply to this one too."
-        )
-        return _data_section(name, None) + inherited
+def _inherited_terms(base_model: str | None) -> str:
+    """What the data section adds for a fine-tuned model: its base model's terms hold too."""
+    if base_model is None:
+        return ""
+    return (
+        f" It was fine-tuned from `{base_model}`, so that model's training data and its terms "
+        "apply to this one too."
+    )
+
+
+def _data_section(name: str | None) -> str:
     if name is None:
         return (
             "The checkpoint did not record its training data (it carried no training "
@@ -211,7 +215,7 @@ nothing in it is a pickle.
 
 ## Data and its terms
 
-{_data_section(data_name, base_model)}
+{_data_section(data_name)}{_inherited_terms(base_model)}
 
 ## Test scores
 
