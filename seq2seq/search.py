@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import torch
 
+from seq2seq.completion import Completer, Tails
 from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
 # The output length limit a * source length + b, for every caller that does not choose its own.
@@ -144,17 +145,37 @@ def _max_lengths(
     max_len_b: float,
     min_len: int,
     prefixes: torch.Tensor | None = None,
+    completer: Completer | None = None,
 ) -> torch.Tensor:
     """src_lengths (B,) -> the most output tokens before EOS per sentence (B,), on its device;
-    never fewer than its prefix has (EOS may then follow the prefix at once).
+    never fewer than its prefix has, nor than its tail could take at a byte a piece (EOS may
+    then follow at once).
 
     Computed in Python so that a sentence's limit is the same exact number in any batch.
     """
     limits = [output_limit(n, max_len_a, max_len_b, min_len) for n in src_lengths.tolist()]
     limits = torch.tensor(limits, dtype=torch.long, device=src_lengths.device)
+    if prefixes is not None:
+        limits = torch.maximum(limits, (prefixes != PAD_ID).sum(1).to(limits.device))
+    if completer is not None:
+        limits = torch.maximum(limits, completer.starts + completer.lengths)
+    return limits
+
+
+def _completer(
+    prefixes: torch.Tensor | None, tails: Tails | None, batch: int, device: torch.device
+) -> Completer | None:
+    """The tails of a search, each beginning after its sentence's forced prefix; ValueError
+    unless there is one a sentence."""
+    if tails is None:
+        return None
+    if len(tails.texts) != batch:
+        raise ValueError(f"tails: {len(tails.texts)} for a batch of {batch}")
     if prefixes is None:
-        return limits
-    return torch.maximum(limits, (prefixes != PAD_ID).sum(1).to(limits.device))
+        starts = torch.zeros(batch, dtype=torch.long, device=device)
+    else:
+        starts = (prefixes != PAD_ID).sum(1).to(device)
+    return Completer(tails, starts)
 
 
 def _check_prefixes(prefixes: torch.Tensor | None, batch: int) -> None:
@@ -210,22 +231,40 @@ def _constrain(
         log_probs[:, EOS_ID] = torch.where(at_max, eos, log_probs[:, EOS_ID])
 
 
-def _row_limits(
-    src_lengths: torch.Tensor,
-    max_len_a: float,
-    max_len_b: float,
-    min_len: int,
-    prefixes: torch.Tensor | None,
-) -> tuple[int, Callable[[torch.Tensor, torch.Tensor, int], None]]:
-    """For the searches that go token by token: -> (steps, constrain), where
-    constrain(log_probs (N, V), alive (N,), step) applies `_constrain` to the rows of the
-    sentences `alive`, each with its own length limit and prefix."""
-    max_lens = _max_lengths(src_lengths, max_len_a, max_len_b, min_len, prefixes)  # (B,)
+class _RowRules:
+    """For the searches that go token by token (a row per sentence): each sentence's length
+    limit, prefix and tail. `constrain(log_probs (N, V), alive (N,), step)` masks the rows of
+    the sentences `alive` before a token is picked, `chose(alive, tokens (N,))` records it."""
 
-    def constrain(log_probs: torch.Tensor, alive: torch.Tensor, t: int) -> None:
-        _constrain(log_probs, t, max_lens[alive] <= t, min_len, _forced(prefixes, alive, t))
+    def __init__(
+        self,
+        src_lengths: torch.Tensor,
+        max_len_a: float,
+        max_len_b: float,
+        min_len: int,
+        prefixes: torch.Tensor | None,
+        tails: Tails | None,
+    ):
+        batch, device = src_lengths.numel(), src_lengths.device
+        self.prefixes, self.min_len = prefixes, min_len
+        self.completer = _completer(prefixes, tails, batch, device)
+        self.max_lens = _max_lengths(
+            src_lengths, max_len_a, max_len_b, min_len, prefixes, self.completer
+        )  # (B,)
+        self.steps = int(self.max_lens.max()) + 1
+        self.spelled = torch.zeros(batch, dtype=torch.long, device=device)  # (B,) tail bytes
+        self.spelling = torch.zeros(batch, dtype=torch.bool, device=device)  # (N,) this step
 
-    return int(max_lens.max()) + 1, constrain
+    def constrain(self, log_probs: torch.Tensor, alive: torch.Tensor, t: int) -> None:
+        if self.completer is not None:
+            self.spelling = self.completer.restrict(log_probs, alive, self.spelled[alive], t)
+        forced = _forced(self.prefixes, alive, t)
+        _constrain(log_probs, t, self.max_lens[alive] <= t, self.min_len, forced)
+
+    def chose(self, alive: torch.Tensor, tokens: torch.Tensor) -> None:
+        if self.completer is not None:
+            spelled = self.completer.advance(self.spelled[alive], self.spelling, tokens)
+            self.spelled[alive] = spelled
 
 
 @torch.inference_mode()
@@ -238,24 +277,29 @@ def greedy_search(
     min_len: int = 1,
     length_penalty: float = 1.0,
     prefixes: torch.Tensor | None = None,
+    tails: Tails | None = None,
 ) -> list[Hypothesis]:
     """src (B, S) padded with PAD and ending in EOS, src_lengths (B,) -> one hypothesis each.
 
     `length_penalty` only scales the reported score, so that it means the same as beam search's.
     `prefixes` (B, P), padded with PAD: output ids each output begins with (forced, and scored
     as the model scores them), the search going on from there; the length limit never cuts one.
+    `tails`: the unfinished word each output goes on with after its prefix, spelled by any
+    pieces that agree with it (`seq2seq.completion`); the length limit never cuts one either.
     """
     check_search_options(1, 1, length_penalty, max_len_a, max_len_b, min_len)
     _check_prefixes(prefixes, src.size(0))
     if src.size(0) == 0:
         return []
-    steps, constrain = _row_limits(src_lengths, max_len_a, max_len_b, min_len, prefixes)
+    rules = _RowRules(src_lengths, max_len_a, max_len_b, min_len, prefixes, tails)
 
     def most_probable(log_probs: torch.Tensor, alive: torch.Tensor, t: int) -> torch.Tensor:
-        constrain(log_probs, alive, t)
-        return log_probs.max(dim=1).indices  # (N,)
+        rules.constrain(log_probs, alive, t)
+        tokens = log_probs.max(dim=1).indices  # (N,)
+        rules.chose(alive, tokens)
+        return tokens
 
-    return _token_by_token(model, src, src_lengths, steps, most_probable, length_penalty)
+    return _token_by_token(model, src, src_lengths, rules.steps, most_probable, length_penalty)
 
 
 @torch.inference_mode()
@@ -271,6 +315,7 @@ def sample(
     min_len: int = 1,
     length_penalty: float = 1.0,
     prefixes: torch.Tensor | None = None,
+    tails: Tails | None = None,
 ) -> list[Hypothesis]:
     """src (B, S) as for greedy search -> one translation each, drawn token by token from the
     model's distribution (back-translation by sampling, Edunov et al. 2018, "Understanding
@@ -281,7 +326,7 @@ def sample(
     Sentence i draws from a generator of its own, seeded by `seed` and its source ids, so its
     sample depends on neither its batch nor its place in the input (identical sources get the
     same sample): the same seed gives the same samples at any batch size and on any workers.
-    `prefixes` as for greedy search: the draws begin after them.
+    `prefixes` and `tails` as for greedy search: the draws begin after them.
     """
     check_search_options(
         1, 1, length_penalty, max_len_a, max_len_b, min_len, sampling_topk, temperature, seed
@@ -289,7 +334,8 @@ def sample(
     _check_prefixes(prefixes, src.size(0))
     if src.size(0) == 0:
         return []
-    steps, constrain = _row_limits(src_lengths, max_len_a, max_len_b, min_len, prefixes)
+    rules = _RowRules(src_lengths, max_len_a, max_len_b, min_len, prefixes, tails)
+    steps = rules.steps
     generators = [
         _sentence_generator(seed, row[:n])
         for row, n in zip(src.cpu(), src_lengths.tolist(), strict=True)
@@ -299,7 +345,7 @@ def sample(
     ).to(src.device)
 
     def drawn(log_probs: torch.Tensor, alive: torch.Tensor, t: int) -> torch.Tensor:
-        constrain(log_probs, alive, t)
+        rules.constrain(log_probs, alive, t)
         # In float64 (where a temperature of 1e-300 is not 0), shifted so that each row's best
         # is 0 before the division: a tiny temperature sends the others to -inf, never all of
         # them (softmax would be NaN).
@@ -312,7 +358,9 @@ def sample(
         # token of probability 0 (a constrained one), whose cdf equals its predecessor's.
         point = (uniforms[alive, t] * cdf[:, -1]).unsqueeze(1)  # (N, 1)
         index = torch.searchsorted(cdf, point, right=True).clamp(max=cdf.size(1) - 1)  # (N, 1)
-        return (tokens.gather(1, index) if sampling_topk else index).squeeze(1)  # (N,)
+        chosen = (tokens.gather(1, index) if sampling_topk else index).squeeze(1)  # (N,)
+        rules.chose(alive, chosen)
+        return chosen
 
     return _token_by_token(model, src, src_lengths, steps, drawn, length_penalty)
 
@@ -451,6 +499,7 @@ def beam_search(
     max_len_b: float = MAX_LEN_B,
     min_len: int = 1,
     prefixes: torch.Tensor | None = None,
+    tails: Tails | None = None,
 ) -> list[list[Hypothesis]]:
     """src (B, S) padded with PAD and ending in EOS, src_lengths (B,) -> nbest each, best first.
 
@@ -461,6 +510,7 @@ def beam_search(
     the batch. The survivors' history is kept as back-pointers and read back at the end.
     `prefixes` as for greedy search: while a sentence's prefix lasts, its one live beam takes
     the prefix's token (as at the start, the other k-1 stay empty); the beam opens after it.
+    `tails` as for greedy search: each beam spells its sentence's tail its own way.
     """
     check_search_options(beam_size, nbest, length_penalty, max_len_a, max_len_b, min_len)
     k = beam_size
@@ -469,7 +519,8 @@ def beam_search(
     if batch == 0:
         return []
     device = src.device
-    max_lens = _max_lengths(src_lengths, max_len_a, max_len_b, min_len, prefixes)  # (B,)
+    completer = _completer(prefixes, tails, batch, device)
+    max_lens = _max_lengths(src_lengths, max_len_a, max_len_b, min_len, prefixes, completer)
     memory, state = model.encode(src, src_lengths)
     # The state per beam (Bk rows), the memory per sentence (B rows): decode_step's contract.
     state = model.reorder_state(state, torch.arange(batch, device=device).repeat_interleave(k))
@@ -482,6 +533,7 @@ def beam_search(
     alive = torch.arange(batch, device=device)  # (N,) original index of each active sentence
     num_finished = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
     beam_offsets = torch.arange(2 * k, device=device)  # (2k,) candidate rank, breaks ties
+    spelled = torch.zeros(batch * k, dtype=torch.long, device=device)  # (Nk,) tail bytes
     history: list[_Step] = []
     finished: list[_Finished] = []
     for t in range(int(max_lens.max()) + 1):
@@ -489,8 +541,10 @@ def beam_search(
         log_probs, state, alphas = model.decode_step(prev, state, memory)  # (Nk, V), (Nk, S)
         vocab = log_probs.size(1)
         at_max = max_lens[alive] <= t  # (N,)
-        forced = _forced(prefixes, alive.repeat_interleave(k), t)  # (Nk,) or None
-        _constrain(log_probs, t, at_max.repeat_interleave(k), min_len, forced)
+        rows = alive.repeat_interleave(k)  # (Nk,) each row's sentence
+        if completer is not None:
+            spelling = completer.restrict(log_probs, rows, spelled, t)  # (Nk,)
+        _constrain(log_probs, t, at_max.repeat_interleave(k), min_len, _forced(prefixes, rows, t))
 
         candidates = (beam_scores.view(-1, 1) + log_probs).view(n, k * vocab)  # (N, kV)
         cand_scores, cand_ids = candidates.topk(2 * k, dim=1)  # (N, 2k)
@@ -528,6 +582,8 @@ def beam_search(
         token_log_probs = log_probs[parents, tokens]  # (N'k,)
         totals = totals[parents] + token_log_probs.double()
         history.append(_Step(parents, tokens, token_log_probs, alphas[parents]))
+        if completer is not None:
+            spelled = completer.advance(spelled[parents], spelling[parents], tokens)
         state = model.reorder_state(state, parents)
         prev = tokens
 

@@ -2,11 +2,13 @@
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 import torch
 
 from seq2seq.checkpoint import LoadedModel, load_model
+from seq2seq.completion import Tails
 from seq2seq.data.batching import pad, source_tensors, target_tensor
 from seq2seq.data.corpus import clean
 from seq2seq.data.tokenizer import Tokenizer
@@ -174,8 +176,10 @@ class Translator:
         sampling=True draws one translation instead of searching (`search.sample`, which says
         what sampling_topk, temperature and seed do; beam_size is not used there).
         `prefixes[i]`: text that translation i must begin with (interactive translation: what
-        the translator has typed so far; "" for none), tokenized into target pieces and forced,
-        the search completing it; at most `max_src_len` pieces.
+        the translator has typed so far; "" for none): its complete words are forced as target
+        pieces, its last word is completed by whatever pieces agree with it ("A man ri" may go on
+        "A man riding"; a prefix ending in a space completes its last word as typed), and the
+        search goes on from there; at most `max_src_len` pieces.
         Raises search.SearchOptionError (a ValueError) for an option out of range, TypeError
         for texts that are not a list of str, and ValueError for prefixes that do not pair up
         with the texts or are too long, before any text is translated.
@@ -186,7 +190,7 @@ class Translator:
         )
         _check_sizes(batch_size=batch_size, max_src_len=max_src_len)
         ids = self.src_tokenizer.encode(_cleaned("texts", texts, "translate([text])"))
-        prefix_ids = self._prefix_ids(prefixes, len(ids), max_src_len)
+        prefix_parts = self._prefixes(prefixes, len(ids), max_src_len)
         results: list[list[TranslationResult]] = [[empty_result()] for _ in texts]
         # Similar lengths share a batch, so little of it is padding; longest first, so that a
         # batch too large for memory fails at once rather than at the end.
@@ -197,10 +201,14 @@ class Translator:
             src, src_lengths = (t.to(self.device) for t in source_tensors(src_ids))
             options = dict(
                 max_len_a=max_len_a, max_len_b=max_len_b, length_penalty=length_penalty,
-                min_len=min_len, prefixes=None,
+                min_len=min_len, prefixes=None, tails=None,
             )
-            if prefix_ids is not None and any(prefix_ids[i] for i in batch):
-                options["prefixes"] = pad([prefix_ids[i] for i in batch]).to(self.device)
+            if prefix_parts is not None:
+                forced, tails = zip(*(prefix_parts[i] for i in batch), strict=True)
+                if any(forced):
+                    options["prefixes"] = pad(list(forced)).to(self.device)
+                if any(tails):
+                    options["tails"] = Tails(self.tgt_tokenizer.spelling, list(tails))
             with self._autocast():
                 if sampling:
                     drawn = sample(
@@ -218,10 +226,11 @@ class Translator:
                 results[i] = [self._result(h, source, truncated) for h in hyps]
         return results
 
-    def _prefix_ids(
+    def _prefixes(
         self, prefixes: list[str] | None, count: int, max_len: int
-    ) -> list[list[int]] | None:
-        """Each prefix's target ids; ValueError naming the one that cannot be used."""
+    ) -> list[tuple[list[int], bytes]] | None:
+        """Each prefix's forced pieces and tail (`Tokenizer.split_prefix`); ValueError naming
+        the one that cannot be used."""
         if prefixes is None:
             return None
         cleaned = _cleaned("prefixes", prefixes, "translate([text], prefixes=[prefix])")
@@ -231,7 +240,16 @@ class Translator:
         for i, prefix in enumerate(ids):
             if len(prefix) > max_len:
                 raise ValueError(f"prefixes[{i}]: {len(prefix)} pieces; at most {max_len}")
-        return ids
+        return [
+            self.tgt_tokenizer.split_prefix(prefix, ends_word=raw[-1:].isspace())
+            for raw, prefix in zip(prefixes, ids, strict=True)
+        ]
+
+    def prefix_steps(self, prefixes: list[str]) -> list[int]:
+        """The most output steps each prefix can take: its forced pieces, and a piece for each
+        byte of its tail (the search never cuts either)."""
+        parts = self._prefixes(prefixes, len(prefixes), max_len=sys.maxsize)
+        return [len(ids) + len(tail) for ids, tail in parts]
 
     def score(
         self,

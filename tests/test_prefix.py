@@ -11,6 +11,7 @@ import torch
 from seq2seq import cli
 from seq2seq.cli import output_text
 from seq2seq.commands import decode
+from seq2seq.completion import Spelling
 from seq2seq.data.batching import pad, source_tensors, target_tensor
 from seq2seq.search import beam_search, force_decode, greedy_search, sample
 from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID
@@ -175,6 +176,98 @@ def test_translator_bad_prefixes(decoding_model, decoding_tokenizer, prefixes, e
         translator.translate(["Ein Hund.", "Zwei Katzen."], prefixes=prefixes, max_src_len=20)
 
 
+# --- the last word of a prefix, completed ---
+
+WORD = "▁".encode()
+
+
+def test_spelling_allows_the_pieces_that_agree_with_what_is_left():
+    pieces = [b"", WORD + b"r", WORD + b"ri", WORD + b"riding", b"i", WORD, b"\xe2", WORD + b"x",
+              b"ri", b"", WORD + b"ri"]
+    spelling = Spelling(pieces)
+    # Those that begin with all of "▁ri", and those that are a beginning of it (the byte piece
+    # 0xE2 too); never one that spells nothing, nor "ri" without the word's start.
+    assert spelling.allowed(WORD + b"ri").tolist() == [1, 2, 3, 5, 6, 10]
+    assert spelling.allowed(b"i").tolist() == [4]
+    assert spelling.allowed(b"q").tolist() == []
+    assert spelling.lengths.tolist() == [len(p) for p in pieces]
+
+
+def test_split_prefix(decoding_tokenizer):
+    tok = decoding_tokenizer
+    two_dogs = tok.encode(["Two dogs"])[0]
+    assert tok.split_prefix(tok.encode(["Two dogs pl"])[0], ends_word=False) == (
+        two_dogs, "▁pl".encode()
+    )
+    assert tok.split_prefix(two_dogs, ends_word=True) == (two_dogs, WORD)
+    assert tok.split_prefix(two_dogs, ends_word=False) == (tok.encode(["Two"])[0], "▁dogs".encode())
+    assert tok.split_prefix([], ends_word=True) == ([], b"")
+    # A character outside the vocabulary is spelled by byte-fallback pieces, its bytes in the tail.
+    assert tok.split_prefix(tok.encode(["A 日"])[0], ends_word=False) == (
+        tok.encode(["A"])[0], "▁日".encode()
+    )
+    assert tok.spelling.pieces[EOS_ID] == b""
+
+
+def test_greedy_search_completes_any_beginning_of_its_own_first_word_as_it_would(
+    decoding_model, decoding_tokenizer, decoding_val_sources
+):
+    """Its own output spells any of its beginnings, so greedy search finds it again. Forcing the
+    pieces the tokenizer makes of "Tw" ("▁T", "w") would lead it elsewhere."""
+    translator = Translator(decoding_model, decoding_tokenizer, decoding_tokenizer)
+    texts = decoding_val_sources[:16]
+    free = [n[0] for n in translator.translate(texts, beam_size=1)]
+    words = [r.text.split(" ")[0] for r in free]
+    for cut in (1, 2, 3, None):
+        # None: the whole first word and a space after it (the next piece begins a word)
+        starts = [w + " " if cut is None else w[:cut] for w in words]
+        found = [n[0] for n in translator.translate(texts, beam_size=1, prefixes=starts)]
+        assert [r.tokens for r in found] == [r.tokens for r in free]
+        assert [r.score for r in found] == pytest.approx([r.score for r in free], abs=1e-5)
+
+
+PARTIAL = ["Two do", "", "A m", "The ", "Zwei Hun", "A 日", "A man in a bl", "Tw"]
+
+
+@pytest.mark.parametrize("options", [{"beam_size": 1}, {"beam_size": 3, "nbest": 3},
+                                     {"sampling": True, "seed": 4}])
+def test_every_search_completes_the_last_word(
+    decoding_model, decoding_tokenizer, decoding_val_sources, options
+):
+    translator = Translator(decoding_model, decoding_tokenizer, decoding_tokenizer)
+    texts = decoding_val_sources[: len(PARTIAL)]
+    together = translator.translate(texts, prefixes=PARTIAL, **options)
+    for start, nbest in zip(PARTIAL, together, strict=True):
+        for result in nbest:
+            assert result.text.startswith(start.strip())
+            if start.endswith(" "):  # a complete word: the next begins after a space
+                assert result.text[len(start) - 1] == " "
+    # The scores are the model's own: forced decoding of each output's pieces agrees (not of
+    # its text, which the tokenizer may split otherwise than the search spelled it).
+    best = [n[0] for n in together]
+    forced = force_decode(
+        decoding_model, *source_tensors(decoding_tokenizer.encode(texts)),
+        target_tensor([r.tokens for r in best]),
+    )
+    assert [h.log_prob for h in forced] == pytest.approx([r.log_prob for r in best], abs=1e-5)
+    # Each sentence as alone.
+    for i in (0, 2, 5, 6):
+        (alone,) = translator.translate([texts[i]], prefixes=[PARTIAL[i]], **options)
+        assert [r.tokens for r in alone] == [r.tokens for r in together[i]]
+
+
+def test_the_length_limit_never_cuts_a_tail(
+    decoding_model, decoding_tokenizer, decoding_val_sources
+):
+    translator = Translator(decoding_model, decoding_tokenizer, decoding_tokenizer)
+    start = "Zwei Hundeschlittenfahr"
+    for beam in (1, 3):
+        (found,) = translator.translate(
+            decoding_val_sources[:1], beam_size=beam, prefixes=[start], max_len_a=0, max_len_b=1
+        )
+        assert found[0].text.startswith(start)
+
+
 # --- translate --prefix FILE ---
 
 
@@ -261,21 +354,27 @@ def test_decode_prefix_words(decoding_checkpoint, decoding_val_sources, tmp_path
     args = ["-m", str(decoding_checkpoint), "--src", str(src), "--ref", str(ref),
             "--beam-size", "2", "--json"]
     reports = {}
-    for k in (0, 2):
+    for k, c in ((0, 0), (2, 0), (1, 2)):
         out = tmp_path / f"hyps{k}.en"
-        assert decode.main([*args, "--prefix-words", str(k), "--output", str(out)]) == 0
-        reports[k] = json.loads(capsys.readouterr().out.splitlines()[-1])
+        assert decode.main(
+            [*args, "--prefix-words", str(k), "--prefix-chars", str(c), "--output", str(out)]
+        ) == 0
+        reports[k, c] = json.loads(capsys.readouterr().out.splitlines()[-1])
         hyps = out.read_text(encoding="utf-8").splitlines()
-        prefixes = [" ".join(r.split()[:k]) for r in references]
-        assert all(h.startswith(p) for h, p in zip(hyps, prefixes, strict=True))
+        # The first k words, and the first c characters of the next (a word begun).
+        prefixes = [" ".join(r.split()[:k] + [r.split()[k][:c]]) for r in references]
+        assert all(h.startswith(p.strip()) for h, p in zip(hyps, prefixes, strict=True))
         same = sum(h.split()[k:k + 1] == r.split()[k:k + 1]
                    for h, r in zip(hyps, references, strict=True))
-        assert reports[k]["prefix_words"] == k
-        assert reports[k]["next_word"] == round(same / 30, 4)
+        assert (reports[k, c]["prefix_words"], reports[k, c]["prefix_chars"]) == (k, c)
+        assert reports[k, c]["next_word"] == round(same / 30, 4)
     # Without a prefix the outputs are the references two times in three.
-    assert reports[0]["next_word"] >= 0.66
+    assert reports[0, 0]["next_word"] >= 0.66
     assert decode.main([*args]) == 0
-    assert json.loads(capsys.readouterr().out.splitlines()[-1])["bleu"] == reports[0]["bleu"]
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["bleu"] == reports[0, 0]["bleu"]
     with pytest.raises(SystemExit):
         decode.main([*args, "--prefix-words", "-1"])
     assert "argument --prefix-words: must be at least 0, got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        decode.main([*args, "--prefix-chars", "2"])
+    assert "--prefix-chars: applies with --prefix-words only" in capsys.readouterr().err

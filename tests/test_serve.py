@@ -440,17 +440,21 @@ def test_attention_that_could_outgrow_its_limit_is_refused_before_decoding(trans
             f"returns at most {one:,} (send fewer or shorter sentences, or leave it off)"
         )})
         assert _translate(client, text * 2)  # without attention: no limit
-        # A prefix longer than the output limit makes the output, and its attention, longer.
-        prefix = "a " * (output_limit(n) + 4)
-        p = len(translator.tgt_tokenizer.encode([prefix])[0])
+        # A prefix longer than the output limit makes the output, and its attention, longer:
+        # its complete words' pieces, and a piece a byte of the word it ends in ("▁", 3 bytes,
+        # after a space; "▁abc", 6 bytes).
+        words = "a " * (output_limit(n) + 4)
+        p = len(translator.tgt_tokenizer.encode([words])[0])
         assert p > output_limit(n)
-        response = client.post(
-            "/v1/translate", json={"text": text, "prefix": [prefix], "return_attention": True}
-        )
-        assert (response.status_code, response.json()["error"]) == (
-            422, f"return_attention: up to {n * (p + 1):,} weights for these sentences; this "
-            f"server returns at most {one:,} (send fewer or shorter sentences, or leave it off)"
-        )
+        for prefix, steps in ((words, p + 3), (words + "abc", p + 6)):
+            response = client.post(
+                "/v1/translate", json={"text": text, "prefix": [prefix], "return_attention": True}
+            )
+            assert (response.status_code, response.json()["error"]) == (
+                422, f"return_attention: up to {n * (steps + 1):,} weights for these sentences; "
+                f"this server returns at most {one:,} (send fewer or shorter sentences, or leave "
+                "it off)"
+            )
         assert client.get("/health").json()["requests_decoded"] == 2  # the refused: never
 
 

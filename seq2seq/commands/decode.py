@@ -8,13 +8,15 @@ one output line for each of the same input lines.
 
 With --json the last line of stdout is one JSON object: bleu, chrf, ter, signature, sentences,
 seconds (decoding time only: model loading, and with --workers the processes' start, excluded),
-and with --prefix-words, prefix_words and next_word.
+and with --prefix-words, prefix_words, prefix_chars and next_word.
 
 --prefix-words K measures interactive translation, as fairseq-generate's --prefix-size does:
 each translation must begin with the first K words of its reference, the search completes it,
 and next_word is the share of sentences whose next word is the reference's (the end of the
-sentence counts as a word; K = 0: the first word, without a prefix). BLEU then scores whole
-outputs, the given words included.
+sentence counts as a word; K = 0: the first word, without a prefix). With --prefix-chars C the
+prefix also holds the first C characters of that next word, as if the translator had begun to
+type it, and next_word says how often the search completes it to the reference's word. BLEU
+then scores whole outputs, the given words included.
 """
 
 import argparse
@@ -52,8 +54,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "often the next word is the reference's (interactive translation; 0: no prefix, the "
         "first word)",
     )
+    parser.add_argument(
+        "--prefix-chars",
+        type=non_negative_int,
+        default=0,
+        metavar="C",
+        help="with --prefix-words: the prefix also holds the first C characters of the next "
+        "word, which the search completes (default: 0)",
+    )
     args = parser.parse_args(argv)
     check_decoding_flags(parser, args)
+    if args.prefix_chars and args.prefix_words is None:
+        parser.error("--prefix-chars: applies with --prefix-words only")
     return args
 
 
@@ -72,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     with opened as translator:
         start = time.perf_counter()
         results = translator.translate(
-            sources, **search_options(args), prefixes=prefixes(references, args.prefix_words)
+            sources,
+            **search_options(args),
+            prefixes=prefixes(references, args.prefix_words, args.prefix_chars),
         )
         seconds = time.perf_counter() - start
     hypotheses = [output_text(nbest[0]) for nbest in results]
@@ -99,17 +113,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.prefix_words is not None:
         k = args.prefix_words
         share = next_word(hypotheses, references, k)
-        print(f"next word after {k} reference words: the reference's in {100 * share:.1f}%")
-        prefixed = {"prefix_words": k, "next_word": round(share, 4)}
+        typed = f" and {args.prefix_chars} characters" if args.prefix_chars else ""
+        print(f"next word after {k} reference words{typed}: the reference's in {100 * share:.1f}%")
+        prefixed = {"prefix_words": k, "prefix_chars": args.prefix_chars}
+        prefixed["next_word"] = round(share, 4)
     if args.json:
         timing = {"sentences": len(sources), "seconds": round(seconds, 3)}
         print(json.dumps({**scores, **timing, **prefixed}))
     return _fail(write_error) if write_error else 0
 
 
-def prefixes(references: list[str], words: int | None) -> list[str] | None:
-    """The first `words` whitespace-separated words of each reference; None for none."""
-    return [" ".join(r.split()[:words]) for r in references] if words else None
+def prefixes(references: list[str], words: int | None, chars: int = 0) -> list[str] | None:
+    """Each reference's first `words` whitespace-separated words, ended by a space (so that the
+    search completes them as they are), and the first `chars` characters of the word after them
+    (which it completes); None for no prefix at all."""
+    if not words and not chars:
+        return None
+    found = []
+    for reference in references:
+        given, rest = reference.split()[:words], reference.split()[words:]
+        if rest and chars:
+            found.append(" ".join([*given, rest[0][:chars]]))
+        else:
+            found.append(" ".join(given) + (" " if rest and given else ""))
+    return found
 
 
 def next_word(hypotheses: list[str], references: list[str], words: int) -> float:

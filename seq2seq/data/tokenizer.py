@@ -4,6 +4,7 @@ The model lives in memory as its serialized bytes (`model_proto`), so a checkpoi
 its tokenizer and no file path has to line up between training and translation.
 """
 
+import functools
 import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -11,7 +12,10 @@ from typing import Literal
 
 import sentencepiece as spm
 
+from seq2seq.completion import Spelling
 from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+WORD_START = "▁".encode()  # SentencePiece's mark of a piece that begins a word
 
 # SentencePiece's segmentation algorithms; a Literal, so that the training config refuses any
 # other name (naming the key and these four) before SentencePiece fails on it mid-setup.
@@ -110,6 +114,35 @@ class Tokenizer:
     def pieces(self, ids: Sequence[int]) -> list[str]:
         """Piece strings, e.g. for the axis labels of an attention plot."""
         return [self._sp.id_to_piece(int(i)) for i in ids]
+
+    @functools.cached_property
+    def spelling(self) -> Spelling:
+        """The bytes each piece spells: a byte-fallback piece ("<0xC3>") its byte, PAD, UNK, BOS
+        and EOS nothing, any other piece its text, "▁" included."""
+        sp, pieces = self._sp, []
+        for i in range(sp.get_piece_size()):
+            piece = sp.id_to_piece(i)
+            if sp.is_control(i) or sp.is_unknown(i):
+                pieces.append(b"")
+            elif sp.is_byte(i):
+                pieces.append(bytes([int(piece[3:-1], 16)]))
+            else:
+                pieces.append(piece.encode())
+        return Spelling(pieces)
+
+    def split_prefix(self, ids: list[int], ends_word: bool) -> tuple[list[int], bytes]:
+        """A prefix's pieces -> (the pieces of its complete words, its tail): the bytes of its
+        last word, which the search completes (`seq2seq.completion`). With `ends_word` (the
+        prefix ended in a space) every word is complete and the tail is "▁": the next piece
+        begins a word. A last word with an unknown piece, which spells nothing, is forced as
+        it is."""
+        if ends_word:
+            return ids, WORD_START if ids else b""
+        spelled = [self.spelling.pieces[i] for i in ids]
+        start = max((n for n, b in enumerate(spelled) if b.startswith(WORD_START)), default=0)
+        if UNK_ID in ids[start:]:
+            return ids, b""
+        return ids[:start], b"".join(spelled[start:])
 
     def __reduce__(self):
         # Pickle as the model bytes: DataLoader workers and the cache fingerprint of

@@ -104,11 +104,13 @@ def parse_request(
         raise ErrorAnswer(422, error_message(e, request)) from None
 
 
-def _check_attention_size(lengths: list[int], prefixes: list[int], limit: int) -> None:
+def _check_attention_size(lengths: list[int], prefix_steps: list[int], limit: int) -> None:
     """Refuse, before decoding, attention that could outgrow `limit` weights: a sentence's
-    weights are its source length times its output length (never shorter than its prefix), EOS
-    included in both."""
-    most = sum(n * (max(output_limit(n), p) + 1) for n, p in zip(lengths, prefixes, strict=True))
+    weights are its source length times its output length (never shorter than its prefix can
+    take, `Translator.prefix_steps`), EOS included in both."""
+    most = sum(
+        n * (max(output_limit(n), p) + 1) for n, p in zip(lengths, prefix_steps, strict=True)
+    )
     if most > limit:
         raise ErrorAnswer(
             422,
@@ -230,14 +232,14 @@ def create_app(batcher: DynamicBatcher, models: dict, limits: Limits) -> FastAPI
         req = parse_request(body, limits)
         lengths = batcher.source_lengths(req.text)
         texts, options = req.text, req.search_options()
-        prefixes = [0] * len(texts)
+        steps = [0] * len(texts)  # the most output steps each prefix takes
         if req.prefix is not None:
-            prefixes = batcher.pieces(req.prefix, "target")
-            _check_pieces("prefix", prefixes)
+            _check_pieces("prefix", batcher.pieces(req.prefix, "target"))
+            steps = batcher.translator.prefix_steps(req.prefix)
             texts = list(zip(texts, req.prefix, strict=True))
             options = {**options, "prefixed": True}
         if req.return_attention:
-            _check_attention_size(lengths, prefixes, limits.max_attention_weights)
+            _check_attention_size(lengths, steps, limits.max_attention_weights)
         results = await _through(batcher, "translation", texts, lengths, options)
         return TranslateResponse(translations=[_translation(r, req) for r in results])
 

@@ -53,10 +53,11 @@ function searchOptions() {
 }
 
 // What the translator typed as the translation's beginning, for every line; the model
-// completes it (interactive translation). Nothing typed: no prefix sent.
+// completes it (interactive translation), its last word too unless a space ends it, so the
+// space is sent as typed. Nothing typed: no prefix sent.
 function prefixes(count) {
-  const prefix = $("prefix").value.trim();
-  return prefix ? {prefix: Array(count).fill(prefix)} : {};
+  const prefix = $("prefix").value.trimStart();
+  return prefix.trim() ? {prefix: Array(count).fill(prefix)} : {};
 }
 
 function showSampling() {
