@@ -159,6 +159,24 @@ def test_prefixes_give_what_translator_gives(translator, decoding_val_sources):
     assert greedy.startswith("Two cats") and sampled.startswith("Two cats")
 
 
+def test_requests_with_and_without_a_prefix_share_a_batch(translator, decoding_val_sources):
+    lines = decoding_val_sources[:2]
+    expected = [
+        output_text(translator.translate(lines[:1], beam_size=3, prefixes=["Two do"])[0][0]),
+        output_text(translator.translate(lines[1:], beam_size=3)[0][0]),
+    ]
+    found = [None, None]
+
+    def one(i):
+        prefix = {"prefix": ["Two do"]} if i == 0 else {}
+        found[i] = _translate(client, [lines[i]], beam_size=3, **prefix)[0]["text"]
+
+    with _client(translator, max_wait_ms=1000) as client:  # the first waits for the second
+        _at_once(one, 2)
+        assert client.get("/health").json()["batches"] == 1
+    assert found == expected
+
+
 def test_bad_prefixes_are_refused_before_decoding(translator):
     with _client(translator, Limits(max_line_chars=3000)) as client:
         for prefix, message in (

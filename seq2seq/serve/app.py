@@ -231,16 +231,14 @@ def create_app(batcher: DynamicBatcher, models: dict, limits: Limits) -> FastAPI
         body = await _read_body(request, limits.max_body_bytes)
         req = parse_request(body, limits)
         lengths = batcher.source_lengths(req.text)
-        texts, options = req.text, req.search_options()
-        steps = [0] * len(texts)  # the most output steps each prefix takes
+        steps = [0] * len(req.text)  # the most output steps each prefix takes
         if req.prefix is not None:
             _check_pieces("prefix", batcher.pieces(req.prefix, "target"))
             steps = batcher.translator.prefix_steps(req.prefix)
-            texts = list(zip(texts, req.prefix, strict=True))
-            options = {**options, "prefixed": True}
         if req.return_attention:
             _check_attention_size(lengths, steps, limits.max_attention_weights)
-        results = await _through(batcher, "translation", texts, lengths, options)
+        options = {**req.search_options(), "prefixes": req.prefix}
+        results = await _through(batcher, "translation", req.text, lengths, options)
         return TranslateResponse(translations=[_translation(r, req) for r in results])
 
     @app.post(

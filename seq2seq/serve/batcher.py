@@ -35,11 +35,11 @@ class QueueFull(Exception):
 
 @dataclass(eq=False)  # a job is itself: `in` and `remove` on the queue compare identities
 class _Job:
-    texts: list  # sentences to translate, (sentence, prefix) pairs, or (source, target) pairs
+    texts: list  # sentences to translate, or (source, target) pairs to score
     options: dict  # keyword arguments of Translator.translate (or .score); equal options, and
-    # only they, share a batch: {"score": True, ...} marks a scoring job, {"prefixed": True,
-    # ...} a translation job of (sentence, prefix) pairs
+    # only they, share a batch: {"score": True, ...} marks a scoring job
     costs: list[int]  # of each sentence: source pieces (EOS included) times beam size
+    prefixes: list[str] | None = None  # of each sentence to translate (Translator.translate)
     arrived: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
     taken: int = 0  # sentences handed to the model so far: a long request goes in parts
@@ -88,13 +88,13 @@ class DynamicBatcher:
         return [min(n, MAX_SRC_LEN) + 1 for n in self.pieces(texts)]
 
     def submit(
-        self, texts: list, lengths: list[int], **options
+        self, texts: list, lengths: list[int], prefixes: list[str] | None = None, **options
     ) -> "Future[list[list[TranslationResult]]]":
         """Queue texts (`lengths`: their `source_lengths`) for `Translator.translate(texts,
-        **options)`, (text, prefix) pairs for it with prefixed=True among the options, or
-        (source, target) pairs for `Translator.score` with score=True; raises QueueFull when
-        `max_queue` requests wait."""
-        job = _Job(texts, options, [n * options.get("beam_size", 1) for n in lengths])
+        prefixes=prefixes, **options)`, or (source, target) pairs for `Translator.score` with
+        score=True; raises QueueFull when `max_queue` requests wait. Requests with and without
+        prefixes share batches (no prefix: "")."""
+        job = _Job(texts, options, [n * options.get("beam_size", 1) for n in lengths], prefixes)
         with self._changed:
             if self._stopping:
                 raise QueueFull("the service is shutting down")
@@ -159,11 +159,13 @@ class DynamicBatcher:
             if options.pop("score", False):
                 sources, targets = zip(*texts, strict=True)
                 results = self.translator.score(list(sources), list(targets), **options)
-            elif options.pop("prefixed", False):
-                sources, prefixes = zip(*texts, strict=True)
-                results = self.translator.translate(
-                    list(sources), prefixes=list(prefixes), **options
-                )
+            elif any(job.prefixes for job, _, _ in batch):
+                prefixes = [
+                    prefix
+                    for job, first, end in batch
+                    for prefix in (job.prefixes or [""] * len(job.texts))[first:end]
+                ]
+                results = self.translator.translate(texts, prefixes=prefixes, **options)
             else:
                 results = self.translator.translate(texts, **options)
         except Exception as e:

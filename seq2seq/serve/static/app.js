@@ -4,6 +4,9 @@
 
 const $ = (id) => document.getElementById(id);
 let results = [];  // the last response's translations, one per source line
+let latest = 0;  // the newest request's number: an older one's answer, arriving late, is dropped
+const PAUSE_MS = 250;  // typing a prefix translates again once the typing pauses this long
+let typing;  // the timer of that pause
 
 async function loadModel() {
   const response = await fetch("/v1/models");
@@ -15,9 +18,11 @@ async function loadModel() {
 }
 
 async function translate(event) {
-  event.preventDefault();
+  if (event) event.preventDefault();
+  clearTimeout(typing);
   const lines = $("source").value.split("\n").filter((line) => line.trim() !== "");
   if (lines.length === 0) return;
+  const request = ++latest;
   $("translate").disabled = true;
   try {
     const response = await fetch("/v1/translate", {
@@ -32,17 +37,26 @@ async function translate(event) {
       }),
     });
     const body = await response.json();
+    if (request !== latest) return;  // the translator has typed on: a newer answer is coming
     if (!response.ok) throw new Error(body.error || response.statusText);
     $("error").hidden = true;
     results = body.translations;
     showTranslations();
     choose(0);
   } catch (error) {
+    if (request !== latest) return;
     $("error").textContent = error.message;
     $("error").hidden = false;
   } finally {
-    $("translate").disabled = false;
+    if (request === latest) $("translate").disabled = false;
   }
+}
+
+// Interactive translation: as the translator types the translation's beginning, each pause
+// asks for the completion again, without pressing Translate.
+function typed() {
+  clearTimeout(typing);
+  typing = setTimeout(translate, PAUSE_MS);
 }
 
 // Sampling draws one translation a sentence: beam size and n-best do not apply to it (the
@@ -133,6 +147,7 @@ function label(text, kind) {
 }
 
 $("form").addEventListener("submit", translate);
+$("prefix").addEventListener("input", typed);
 $("sample").addEventListener("change", showSampling);
 loadModel().catch((error) => {
   $("error").textContent = `cannot reach the service: ${error.message}`;
