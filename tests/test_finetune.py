@@ -107,7 +107,11 @@ def test_fine_tunes_a_folder_and_a_hub_id_and_the_card_names_it(
 ):
     import huggingface_hub.constants
 
-    fine_tune(tmp_path / "folder", folder)
+    # A folder named as a relative path of a hub id's shape ("finetune0/tiny-de-en"), which
+    # names nothing where the card is written below: the card must not take it for a hub id.
+    monkeypatch.chdir(folder.parent.parent)
+    relative = f"{folder.parent.name}/{folder.name}"
+    fine_tune(tmp_path / "folder", relative)
     assert_started_from(tmp_path / "folder", load_model(decoding_checkpoint))
     monkeypatch.setattr(
         huggingface_hub.constants, "HF_HUB_CACHE", str(_hub_cache(tmp_path / "hub", folder))
@@ -125,7 +129,7 @@ def test_fine_tunes_a_folder_and_a_hub_id_and_the_card_names_it(
         card = (out / "README.md").read_text()
         metadata = yaml.safe_load(card.split("---\n")[1])
         assert metadata.get("base_model") == base_model
-        name = base_model or str(folder)
+        name = base_model or f"./{relative}"
         assert f"Fine-tuned from `{name}` with seq2seq by" in card
         assert f"It was fine-tuned from `{name}`, so that model's training data" in card
 

@@ -34,6 +34,7 @@ from seq2seq.checkpoint import (
 )
 from seq2seq.data.corpus import CorpusError
 from seq2seq.data.datamodule import TranslationDataModule
+from seq2seq.hub_ids import looks_like_path
 from seq2seq.model import Seq2Seq
 from seq2seq.training import (
     NonFiniteLossError,
@@ -78,10 +79,20 @@ class TrainCLI(LightningCLI):
                 self.pretrained = load_model(self.config.init_from)
             except CheckpointError as e:
                 raise CheckpointError(f"--init_from {e}") from None
+            self.config.init_from = local_or_hub(self.config.init_from)
             config, self.replaced = config.with_network_of(self.pretrained.model.config)
             for key, (_, theirs) in self.replaced.items():  # so config.yaml says what ran
                 setattr(self.config.model, key, theirs)
         self.model = TranslationModule(config, self.pretrained)
+
+
+def local_or_hub(name: str) -> str:
+    """`--init_from` as config.yaml records it: a local path shaped like a hub id ("models/de-en")
+    gets a leading "./", so that where it does not exist (an export from another folder, a
+    resume elsewhere) it still reads as the path it was, not as a hub repo."""
+    if Path(name).exists() and not looks_like_path(name):
+        return f"./{name}"
+    return name
 
 
 def names_a_config(args: list[str]) -> bool:
