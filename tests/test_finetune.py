@@ -149,12 +149,26 @@ def test_two_ddp_processes_fine_tune(tmp_path, folder, decoding_checkpoint):
     assert_started_from(tmp_path, load_model(decoding_checkpoint))
 
 
-def test_a_fine_tuned_run_resumes(tmp_path, decoding_checkpoint):
+def test_a_fine_tuned_run_resumes(tmp_path, decoding_checkpoint, capsys):
     fine_tune(tmp_path, decoding_checkpoint)
     fine_tune(tmp_path, decoding_checkpoint, "--trainer.max_steps", "4", "--ckpt_path", "last")
     checkpoint = torch.load(last_checkpoint(tmp_path), map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 4
     assert checkpoint["seq2seq"]["model_config"]["decoder_layers"] == 2
+    # Without --init_from the config's own network does not fit: the error names the run's
+    # config.yaml, which holds the network and --init_from, and resumes it.
+    args = fine_tuning_args(tmp_path, decoding_checkpoint)[:-2]  # no --init_from
+    with pytest.raises(SystemExit):
+        train.main([*args, "--ckpt_path", "last"])
+    run_config = last_checkpoint(tmp_path).parent.parent / "config.yaml"
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        f"resume with the run's own model settings (--config {run_config})"
+    )
+    train.main([
+        "--config", str(run_config), "--trainer.max_steps", "6", "--ckpt_path", "last",
+    ])
+    checkpoint = torch.load(last_checkpoint(tmp_path), map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 6
 
 
 @pytest.mark.parametrize(

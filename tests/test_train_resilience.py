@@ -169,7 +169,8 @@ def test_resume_keeps_the_checkpoints_sentencepiece_when_the_data_changed(tmp_pa
     assert other.returncode == 2, other.stderr[-3000:]
     assert other.stderr.splitlines()[-1] == (
         f"error: --ckpt_path {first}: the checkpoint's network does not fit this config "
-        "(model.decoder_hidden_size: 32 in it, 48 here); resume with the run's own model settings"
+        "(model.decoder_hidden_size: 32 in it, 48 here); resume with the run's own model settings "
+        f"(--config {first.parent.parent / 'config.yaml'})"
     )
     # A setting that leaves the weights alone may change.
     run_train(config, "--ckpt_path", "last", "--trainer.max_steps", "6",

@@ -222,9 +222,13 @@ def check_resumable(path: Path, module: TranslationModule) -> None:
         f"model.{k}: {theirs[k]!r} in it, {mine[k]!r} here" for k in mine if mine[k] != theirs[k]
     ]
     detail = "; ".join(differ) or "tensor names or shapes differ"
+    # The run's config.yaml (Lightning's CLI writes it into the version folder) holds them all,
+    # --init_from of a fine-tuned run included.
+    run_config = path.parent.parent / "config.yaml"
+    own = f" (--config {run_config})" if run_config.is_file() else ""
     raise CheckpointError(
         f"--ckpt_path {path}: the checkpoint's network does not fit this config ({detail}); "
-        "resume with the run's own model settings"
+        f"resume with the run's own model settings{own}"
     )
 
 
