@@ -19,6 +19,11 @@ from typing import NamedTuple
 
 import torch
 
+# The longest tail completed as a whole; of a longer last word (a URL, a typed-in hash) only the
+# end is, its beginning forced as pieces. A tail bounds the output by a step a byte, and the
+# search's memory and time with it: this keeps a prefix's steps near its pieces' (at most 250).
+# A piece spells at most 16 characters (SentencePiece's max_sentencepiece_length), 64 bytes.
+MAX_TAIL_BYTES = 64
 # Distinct rests whose allowed pieces a Spelling keeps; a server decodes tails for as long as it
 # runs, so the memo is bounded (each entry is at most a vocabulary of ids).
 _MEMO_SIZE = 4096

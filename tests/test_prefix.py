@@ -11,7 +11,7 @@ import torch
 from seq2seq import cli
 from seq2seq.cli import output_text
 from seq2seq.commands import decode
-from seq2seq.completion import Spelling
+from seq2seq.completion import MAX_TAIL_BYTES, Spelling
 from seq2seq.data.batching import pad, source_tensors, target_tensor
 from seq2seq.search import beam_search, force_decode, greedy_search, sample
 from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID
@@ -207,6 +207,15 @@ def test_split_prefix(decoding_tokenizer):
         tok.encode(["A"])[0], "▁日".encode()
     )
     assert tok.spelling.pieces[EOS_ID] == b""
+    # Of a last word longer than MAX_TAIL_BYTES only the end is completed, the rest forced: the
+    # output limit, a step for each byte of the tail, stays near the prefix's pieces.
+    ids = tok.encode(["A " + "Hundeschlitten" * 10])[0]
+    forced, tail = tok.split_prefix(ids, ends_word=False)
+    assert MAX_TAIL_BYTES - 16 < len(tail) <= MAX_TAIL_BYTES
+    assert forced == ids[: len(forced)]
+    assert b"".join(tok.spelling.pieces[i] for i in forced) + tail == (
+        "▁A▁" + "Hundeschlitten" * 10
+    ).encode()
 
 
 def test_greedy_search_completes_any_beginning_of_its_own_first_word_as_it_would(
@@ -260,12 +269,13 @@ def test_the_length_limit_never_cuts_a_tail(
     decoding_model, decoding_tokenizer, decoding_val_sources
 ):
     translator = Translator(decoding_model, decoding_tokenizer, decoding_tokenizer)
-    start = "Zwei Hundeschlittenfahr"
-    for beam in (1, 3):
-        (found,) = translator.translate(
-            decoding_val_sources[:1], beam_size=beam, prefixes=[start], max_len_a=0, max_len_b=1
-        )
-        assert found[0].text.startswith(start)
+    for start in ("Zwei Hundeschlittenfahr", "A " + "Hundeschlitten" * 10):  # a long tail too
+        for beam in (1, 3):
+            (found,) = translator.translate(
+                decoding_val_sources[:1], beam_size=beam, prefixes=[start], max_len_a=0,
+                max_len_b=1,
+            )
+            assert found[0].text.startswith(start)
 
 
 # --- translate --prefix FILE ---

@@ -12,7 +12,7 @@ from typing import Literal
 
 import sentencepiece as spm
 
-from seq2seq.completion import Spelling
+from seq2seq.completion import MAX_TAIL_BYTES, Spelling
 from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 WORD_START = "▁".encode()  # SentencePiece's mark of a piece that begins a word
@@ -135,13 +135,15 @@ class Tokenizer:
         last word, which the search completes (`seq2seq.completion`). With `ends_word` (the
         prefix ended in a space) every word is complete and the tail is "▁": the next piece
         begins a word. A last word with an unknown piece, which spells nothing, is forced as
-        it is."""
+        it is; of one over MAX_TAIL_BYTES, the pieces before its last MAX_TAIL_BYTES are."""
         if ends_word:
             return ids, WORD_START if ids else b""
         spelled = [self.spelling.pieces[i] for i in ids]
         start = max((n for n, b in enumerate(spelled) if b.startswith(WORD_START)), default=0)
         if UNK_ID in ids[start:]:
             return ids, b""
+        while sum(map(len, spelled[start:])) > MAX_TAIL_BYTES:
+            start += 1
         return ids[:start], b"".join(spelled[start:])
 
     def __reduce__(self):
