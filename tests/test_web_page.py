@@ -155,9 +155,13 @@ def test_a_prefix_in_the_page(server, browser):
         wait.until(lambda b, expected=expected: [
             li.text for li in b.find_elements(By.CSS_SELECTOR, "#translations li")
         ] == expected)
+        # Each line shows the typed beginning apart from the model's completion.
+        shown = browser.find_elements(By.CSS_SELECTOR, "#translations li .given")
+        assert [span.text for span in shown] == [sent.strip()] * 2
     # Emptied again: no prefix, the search's own translation.
     browser.find_element(By.ID, "prefix").clear()
     browser.find_element(By.ID, "translate").click()
     plain = httpx.post(f"{server.url}/v1/translate", json={"text": text}).json()
     wait.until(lambda b: [li.text for li in b.find_elements(By.CSS_SELECTOR, "#translations li")]
                == [t["text"] for t in plain["translations"]])
+    assert browser.find_elements(By.CSS_SELECTOR, "#translations li .given") == []

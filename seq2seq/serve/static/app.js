@@ -4,6 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 let results = [];  // the last response's translations, one per source line
+let given = "";  // the prefix they were asked to begin with ("" for none)
 let latest = 0;  // the newest request's number: an older one's answer, arriving late, is dropped
 const PAUSE_MS = 250;  // typing a prefix translates again once the typing pauses this long
 let typing;  // the timer of that pause
@@ -23,6 +24,7 @@ async function translate(event) {
   const lines = $("source").value.split("\n").filter((line) => line.trim() !== "");
   if (lines.length === 0) return;
   const request = ++latest;
+  const prefix = prefixes(lines.length);
   $("translate").disabled = true;
   try {
     const response = await fetch("/v1/translate", {
@@ -31,7 +33,7 @@ async function translate(event) {
       body: JSON.stringify({
         text: lines,
         ...searchOptions(),
-        ...prefixes(lines.length),
+        ...prefix,
         return_scores: $("scores").checked,
         return_attention: true,
       }),
@@ -41,6 +43,7 @@ async function translate(event) {
     if (!response.ok) throw new Error(body.error || response.statusText);
     $("error").hidden = true;
     results = body.translations;
+    given = prefix.prefix ? prefix.prefix[0].trim() : "";
     showTranslations();
     choose(0);
   } catch (error) {
@@ -85,7 +88,15 @@ function showTranslations() {
   list.replaceChildren();
   results.forEach((result, i) => {
     const item = document.createElement("li");
-    item.textContent = result.text;
+    // The typed beginning in grey, the model's completion after it.
+    const typed = given && result.text.startsWith(given) ? given : "";
+    if (typed) {
+      const span = document.createElement("span");
+      span.className = "given";
+      span.textContent = typed;
+      item.append(span);
+    }
+    item.append(result.text.slice(typed.length));
     item.addEventListener("click", () => choose(i));
     list.append(item);
   });
