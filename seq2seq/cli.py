@@ -52,6 +52,7 @@ from seq2seq.translator import (
     BATCH_SIZE,
     BEAM_SIZE,
     MAX_SRC_LEN,
+    PrefixError,
     TranslationResult,
     Translator,
     empty_result,
@@ -345,7 +346,7 @@ def _decode(raw: bytes, lineno: int, where: str = "") -> str:
         return raw.decode("utf-8", errors="replace")
 
 
-def _read_prefixes(path: Path, lines: int) -> list[str]:
+def read_prefixes(path: Path, lines: int) -> list[str]:
     """--prefix FILE: one line per input line. Raises CorpusError naming the file."""
     if not path.is_file():
         raise CorpusError(f"--prefix {path}: no such file")
@@ -406,6 +407,10 @@ class LineTranslator:
         try:
             prefixes = self._prefixes(range(lineno, lineno + 1))
             return self.translator.translate([text], **self.options, **prefixes)[0]
+        except PrefixError as e:
+            self.failed += 1
+            _warn(f"line {lineno}: --prefix {self.args.prefix}: {e.problem}; empty line")
+            return [empty_result()]
         except Exception as e:
             self.failed += 1
             _warn(
@@ -492,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
                 return _fail("--prefix: needs a whole input file (-i, or < FILE), not a pipe")
             if data is None:
                 data = sys.stdin.buffer.read()
-            prefixes = _read_prefixes(args.prefix, len(split_lines(data)))
+            prefixes = read_prefixes(args.prefix, len(split_lines(data)))
     except CorpusError as e:
         return _fail(str(e))
     if args.plot_attention:

@@ -81,6 +81,17 @@ def _check_sizes(**sizes: int) -> None:
             raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
 
 
+class PrefixError(ValueError):
+    """A prefix that the search cannot take; `index` says which, `problem` what is wrong."""
+
+    def __init__(self, index: int, problem: str):
+        super().__init__(f"prefixes[{index}]: {problem}")
+        self.index, self.problem = index, problem
+
+    def __reduce__(self):  # from a worker process (--workers), as it was raised
+        return type(self), (self.index, self.problem)
+
+
 def empty_result() -> TranslationResult:
     """What an empty input translates to, without asking the model."""
     return TranslationResult("", 0.0, 0.0, [], [], torch.zeros(0, 0), [], [])
@@ -239,7 +250,7 @@ class Translator:
         ids = self.tgt_tokenizer.encode(cleaned)
         for i, prefix in enumerate(ids):
             if len(prefix) > max_len:
-                raise ValueError(f"prefixes[{i}]: {len(prefix)} pieces; at most {max_len}")
+                raise PrefixError(i, f"{len(prefix)} pieces; at most {max_len}")
         return [
             self.tgt_tokenizer.split_prefix(prefix, ends_word=raw[-1:].isspace())
             for raw, prefix in zip(prefixes, ids, strict=True)

@@ -338,14 +338,51 @@ def test_translate_prefix_errors(decoding_checkpoint, prefix_files, tmp_path, ca
     long = tmp_path / "long.en"
     long.write_text("A\n" * 8 + "a " * 30 + "\n", encoding="utf-8")
     out = tmp_path / "out.en"
-    code = cli.main([
-        "-m", str(decoding_checkpoint), "-i", str(source), "--prefix", str(long),
-        "--max-src-len", "20", "-o", str(out),
-    ])
-    assert code == 1
-    written = out.read_text(encoding="utf-8").splitlines()
-    assert len(written) == 9 and written[8] == "" and all(w.startswith("A") for w in written[:8])
-    assert "line 9: translation failed (ValueError: prefixes[0]: 30 pieces; at most 20)" in (
+    for workers in ("1", "2"):  # the error comes back from a worker process as it was raised
+        code = cli.main([
+            "-m", str(decoding_checkpoint), "-i", str(source), "--prefix", str(long),
+            "--max-src-len", "20", "-o", str(out), "--workers", workers,
+        ])
+        assert code == 1
+        written = out.read_text(encoding="utf-8").splitlines()
+        assert len(written) == 9 and written[8] == ""
+        assert all(w.startswith("A") for w in written[:8])
+        assert (
+            f"translate: warning: line 9: --prefix {long}: 30 pieces; at most 20; empty line\n"
+        ) in capsys.readouterr().err
+
+
+def test_decode_prefix_file(decoding_checkpoint, decoding_val_sources, tmp_path, capsys):
+    """seq2seq-decode --prefix FILE: the lines translate --prefix gives; errors in one line."""
+    sources = decoding_val_sources[:12]
+    given = ["Two do", "", "A m", "The ", "", "Zwei Hun"] * 2
+    translator = Translator.from_checkpoint(decoding_checkpoint)
+    expected = [output_text(n[0]) for n in translator.translate(sources, beam_size=2,
+                                                                prefixes=given)]
+    src, ref, prefix = tmp_path / "src.de", tmp_path / "ref.en", tmp_path / "prefix.en"
+    src.write_text("".join(f"{s}\n" for s in sources), encoding="utf-8")
+    ref.write_text("".join(f"{r}\n" for r in expected), encoding="utf-8")
+    prefix.write_text("".join(f"{p}\n" for p in given), encoding="utf-8")
+    out = tmp_path / "hyps.en"
+    args = ["-m", str(decoding_checkpoint), "--src", str(src), "--ref", str(ref),
+            "--beam-size", "2"]
+    assert decode.main([*args, "--prefix", str(prefix), "--output", str(out), "--json"]) == 0
+    assert out.read_text(encoding="utf-8").splitlines() == expected
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["bleu"] == pytest.approx(100)
+    short, long = tmp_path / "short.en", tmp_path / "long.en"
+    short.write_text("A\n", encoding="utf-8")
+    long.write_text("".join("a " * 30 + "\n" if i == 2 else "A\n" for i in range(12)),
+                    encoding="utf-8")
+    for more, message in (
+        (["--prefix", str(short)], f"--prefix {short}: 1 lines for 12 input lines"),
+        (["--prefix", str(long), "--max-src-len", "20"],
+         f"--prefix {long}: line 3: 30 pieces; at most 20"),
+    ):
+        assert decode.main([*args, *more]) == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"seq2seq-decode: error: {message}"
+    with pytest.raises(SystemExit):
+        decode.main([*args, "--prefix", str(prefix), "--prefix-words", "1"])
+    assert "--prefix: the prefixes come from a file or from the references, not both" in (
         capsys.readouterr().err
     )
 

@@ -31,10 +31,12 @@ from seq2seq.cli import (
     check_decoding_flags,
     open_translator,
     output_text,
+    read_prefixes,
     search_options,
 )
 from seq2seq.data.corpus import read_test_set
 from seq2seq.metrics import corpus_scores
+from seq2seq.translator import PrefixError
 
 PROG = "seq2seq-decode"  # its console script's name, in every message
 
@@ -46,6 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ref", required=True, type=Path, help="references, plain or .gz")
     parser.add_argument("--output", type=Path, help="write the hypotheses here, one per line")
     parser.add_argument("--json", action="store_true", help="end with one line of JSON")
+    parser.add_argument(
+        "--prefix",
+        type=Path,
+        metavar="FILE",
+        help="one line per source line: text its translation must begin with, which the "
+        "search completes (an empty line: none), as translate --prefix",
+    )
     parser.add_argument(
         "--prefix-words",
         type=non_negative_int,
@@ -66,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check_decoding_flags(parser, args)
     if args.prefix_chars and args.prefix_words is None:
         parser.error("--prefix-chars: applies with --prefix-words only")
+    if args.prefix and args.prefix_words is not None:
+        parser.error("--prefix: the prefixes come from a file or from the references, not both")
     return args
 
 
@@ -73,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         sources, references = read_test_set(args.src, args.ref)
+        given = prefixes(references, args.prefix_words, args.prefix_chars)
+        if args.prefix:
+            given = read_prefixes(args.prefix, len(sources))
         if args.output:  # now, not after the decoding
             args.output.parent.mkdir(parents=True, exist_ok=True)
         opened = open_translator(args)
@@ -83,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
 
     with opened as translator:
         start = time.perf_counter()
-        results = translator.translate(
-            sources,
-            **search_options(args),
-            prefixes=prefixes(references, args.prefix_words, args.prefix_chars),
-        )
+        try:
+            results = translator.translate(sources, **search_options(args), prefixes=given)
+        except PrefixError as e:  # longer than --max-src-len pieces
+            where = f"--prefix {args.prefix}" if args.prefix else f"--prefix-words: {args.ref}"
+            return _fail(f"{where}: line {e.index + 1}: {e.problem}")
         seconds = time.perf_counter() - start
     hypotheses = [output_text(nbest[0]) for nbest in results]
     truncated = sum(nbest[0].truncated for nbest in results)
