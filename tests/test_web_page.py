@@ -1,6 +1,7 @@
 """The page of `translate serve` in a real headless browser: Debian's chromium, via Selenium."""
 
 import shutil
+import time
 
 import httpx
 import pytest
@@ -165,3 +166,41 @@ def test_a_prefix_in_the_page(server, browser):
     wait.until(lambda b: [li.text for li in b.find_elements(By.CSS_SELECTOR, "#translations li")]
                == [t["text"] for t in plain["translations"]])
     assert browser.find_elements(By.CSS_SELECTOR, "#translations li .given") == []
+
+
+def test_an_answer_overtaken_by_a_newer_request_is_dropped(server, browser):
+    """The translator types on while an answer is on its way: the late answer, to the older
+    prefix, must not replace the newer one's."""
+    text = [SENTENCE]
+    browser.get(server.url + "/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "languages"), "de → en"))
+    # From now on the page's first request is answered 3 s late; later ones at once.
+    browser.execute_script("""
+        const fetchNow = window.fetch;
+        let calls = 0;
+        window.fetch = (...args) => {
+          const answer = fetchNow(...args);
+          if (calls++ > 0) return answer;
+          return answer.then((r) => new Promise((done) => setTimeout(() => done(r), 3000)));
+        };
+    """)
+    browser.find_element(By.ID, "source").send_keys(text[0])
+    browser.find_element(By.ID, "prefix").send_keys("Two ca")
+    time.sleep(1)  # the first request is sent (after the 250 ms pause) and held back
+    browser.find_element(By.ID, "prefix").send_keys("ts ")
+    older, newer = (
+        [t["text"] for t in httpx.post(
+            f"{server.url}/v1/translate", json={"text": text, "prefix": [prefix]}
+        ).json()["translations"]]
+        for prefix in ("Two ca", "Two cats ")
+    )
+    assert older != newer
+
+    def shown(b):
+        return [li.text for li in b.find_elements(By.CSS_SELECTOR, "#translations li")]
+
+    wait.until(lambda b: shown(b) == newer)
+    time.sleep(3)  # the held-back answer arrives
+    assert shown(browser) == newer
+
