@@ -11,7 +11,7 @@ import torch
 from seq2seq import cli
 from seq2seq.cli import output_text
 from seq2seq.commands import decode
-from seq2seq.completion import MAX_TAIL_BYTES, Spelling
+from seq2seq.completion import MAX_TAIL_BYTES, Spelling, Tails
 from seq2seq.data.batching import pad, source_tensors, target_tensor
 from seq2seq.search import beam_search, force_decode, greedy_search, sample
 from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID
@@ -233,6 +233,13 @@ def test_greedy_search_completes_any_beginning_of_its_own_first_word_as_it_would
         found = [n[0] for n in translator.translate(texts, beam_size=1, prefixes=starts)]
         assert [r.tokens for r in found] == [r.tokens for r in free]
         assert [r.score for r in found] == pytest.approx([r.score for r in free], abs=1e-5)
+
+
+def test_one_tail_a_sentence(decoding_model, decoding_tokenizer, sources):
+    tails = Tails(decoding_tokenizer.spelling, [WORD])
+    for search in (greedy_search, beam_search, sample):
+        with pytest.raises(ValueError, match="tails: 1 for a batch of 2"):
+            search(decoding_model, *source_tensors(sources[:2]), tails=tails)
 
 
 PARTIAL = ["Two do", "", "A m", "The ", "Zwei Hun", "A 日", "A man in a bl", "Tw"]
