@@ -13,6 +13,10 @@ by the GNMT length penalty ((5 + |y|) / 6) ** alpha of Wu et al. (2016), |y| cou
 are summed in float64 token by token, the same way in both searches, so a beam of one reproduces
 greedy search exactly and long outputs do not lose precision.
 
+Interactive translation: an output may have to begin with given tokens (`prefixes`, forced one
+a step), then with the rest of a word being typed (`tails`: only the pieces that spell what is
+left of it are allowed, `seq2seq.completion`); the search goes on freely from there.
+
 Sentences leave the active batch as soon as they are finished, so the work per step shrinks with
 the number of sentences still decoding, and no row ever sees another sentence's padding: the
 output for a sentence does not depend on what else is in its batch.
