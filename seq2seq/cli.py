@@ -407,16 +407,13 @@ class LineTranslator:
         try:
             prefixes = self._prefixes(range(lineno, lineno + 1))
             return self.translator.translate([text], **self.options, **prefixes)[0]
-        except PrefixError as e:
-            self.failed += 1
-            _warn(f"line {lineno}: --prefix {self.args.prefix}: {e.problem}; empty line")
-            return [empty_result()]
         except Exception as e:
             self.failed += 1
-            _warn(
-                f"line {lineno}: translation failed ({type(e).__name__}: {first_line(e)}); "
-                "empty line"
-            )
+            if isinstance(e, PrefixError):  # the line's prefix, not the model, is at fault
+                problem = f"--prefix {self.args.prefix}: {e.problem}"
+            else:
+                problem = f"translation failed ({type(e).__name__}: {first_line(e)})"
+            _warn(f"line {lineno}: {problem}; empty line")
             return [empty_result()]
 
     def _plot(self, lineno: int, result: TranslationResult) -> None:

@@ -84,9 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         sources, references = read_test_set(args.src, args.ref)
-        given = prefixes(references, args.prefix_words, args.prefix_chars)
         if args.prefix:
             given = read_prefixes(args.prefix, len(sources))
+        else:
+            given = prefixes(references, args.prefix_words, args.prefix_chars)
         if args.output:  # now, not after the decoding
             args.output.parent.mkdir(parents=True, exist_ok=True)
         opened = open_translator(args)
@@ -145,7 +146,8 @@ def prefixes(references: list[str], words: int | None, chars: int = 0) -> list[s
         return None
     found = []
     for reference in references:
-        given, rest = reference.split()[:words], reference.split()[words:]
+        split = reference.split()
+        given, rest = split[:words], split[words:]
         if rest and chars:
             found.append(" ".join([*given, rest[0][:chars]]))
         else:
