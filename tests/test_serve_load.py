@@ -23,7 +23,7 @@ OPTIONS = ({"beam_size": 1}, {"beam_size": 3}, {"sampling": True, "seed": 1})
 BAD = [
     (b"not json", 400, "body: not valid JSON"),
     (b'{"text": ["Ein \xc3\x28 Hund."]}', 400, "body: not valid UTF-8"),
-    (b'{"text": ["a"], "beam": 3}', 422, "beam: unknown field"),
+    (b'{"text": ["a"], "beam": 3}', 422, '"beam": unknown field'),
     (b'{"text": ["a", "b", "c", "d", "e"]}', 422, "text: 5 sentences"),
     (b'{"text": ["a"], "beam_size": 0}', 422, "beam_size: must be from 1"),
     (b'{"text": []}', 422, "text: must hold at least one sentence"),

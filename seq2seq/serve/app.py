@@ -35,6 +35,7 @@ from seq2seq.serve.schema import (
     TranslateResponse,
     Translation,
     error_message,
+    quoted,
 )
 from seq2seq.translator import BEAM_SIZE, MAX_SRC_LEN, TranslationResult
 
@@ -71,7 +72,11 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
     seen = set()
     for key, _ in pairs:
         if key in seen:
-            raise ErrorAnswer(400, f"body: the key {json.dumps(key)} appears twice in one object")
+            raise ErrorAnswer(400, f"body: the key {quoted(key)} appears twice in one object")
+        try:  # JSON's "\\ud800" is a lone surrogate: no field has such a name, no text encodes it
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ErrorAnswer(400, f"body: the key {quoted(key)} is not valid Unicode") from None
         seen.add(key)
     return dict(pairs)
 

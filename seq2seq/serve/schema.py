@@ -4,6 +4,7 @@ Validation is pydantic's (strict: no "5" for 5, no 1.0 for 1); `error_message` t
 errors into the one line a client gets back, naming the field.
 """
 
+import json
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -168,6 +169,14 @@ class ScoreResponse(BaseModel):
     scores: list[Score] = Field(description="one per pair, in request order")
 
 
+def quoted(key: str, most: int = 40) -> str:
+    """A key of the client's JSON as a JSON string (line breaks and lone surrogates escaped), its
+    first `most` characters only, so that an error naming any key stays one short line."""
+    if len(key) <= most:
+        return json.dumps(key)
+    return f"{json.dumps(key[:most])} (the first {most} of {len(key):,} characters)"
+
+
 def _field(loc: tuple) -> str:
     name = ""
     for part in loc:
@@ -181,9 +190,9 @@ def error_message(error: ValidationError, request: type[TranslateRequest | Score
     where = _field(e["loc"])
     if e["type"] == "value_error":  # our own checks above: their message names the field
         return str(e["ctx"]["error"])
-    if e["type"] == "extra_forbidden":
+    if e["type"] == "extra_forbidden":  # the client's own key: it may hold anything
         known = ", ".join(request.model_fields)
-        return f"{where}: unknown field (the fields are {known})"
+        return f"{quoted(e['loc'][-1])}: unknown field (the fields are {known})"
     if e["type"] == "model_type":
         return f"body: must be a JSON object such as {request.example}"
     if e["type"] == "missing":
