@@ -37,6 +37,9 @@ from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID
 # The output length limit a * source length + b, for every caller that does not choose its own.
 MAX_LEN_A = 1.5
 MAX_LEN_B = 10
+# ... and never more than this: four times the longest source the model reads (MAX_SRC_LEN),
+# so that a huge a or b (1e300) is no tensor size that torch refuses or memory cannot hold.
+MAX_OUTPUT_LEN = 1000
 # The options that only sampling has, and what `sample` takes when they are not given: every
 # entry point refuses them without sampling, where they would be silently ignored.
 SAMPLING_TOPK = 0  # 0: draw from every token
@@ -56,7 +59,12 @@ class Hypothesis:
 
 def ranking_score(log_prob: float, length: int, alpha: float) -> float:
     """log_prob over the GNMT length penalty ((5 + length) / 6) ** alpha; length counts EOS."""
-    return log_prob / ((5.0 + length) / 6.0) ** alpha if alpha > 0 else log_prob
+    if alpha == 0:
+        return log_prob
+    try:
+        return log_prob / ((5.0 + length) / 6.0) ** alpha
+    except OverflowError:  # alpha in the hundreds: the penalty is past any float, the score 0
+        return log_prob / math.inf
 
 
 class SearchOptionError(ValueError):
@@ -140,7 +148,7 @@ def output_limit(
     src_length: int, max_len_a: float = MAX_LEN_A, max_len_b: float = MAX_LEN_B, min_len: int = 1
 ) -> int:
     """The most output tokens before EOS for a source of `src_length` pieces, EOS included."""
-    return max(int(max_len_a * src_length + max_len_b), min_len)
+    return max(int(min(max_len_a * src_length + max_len_b, MAX_OUTPUT_LEN)), min_len)
 
 
 def _max_lengths(

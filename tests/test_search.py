@@ -6,11 +6,13 @@ from torch import nn
 
 from seq2seq.data.batching import source_tensors
 from seq2seq.search import (
+    MAX_OUTPUT_LEN,
     Hypothesis,
     SearchOptionError,
     beam_search,
     check_search_options,
     greedy_search,
+    output_limit,
     ranking_score,
 )
 from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID
@@ -139,6 +141,18 @@ def test_beam_finds_what_greedy_misses():
     assert best.score > greedy.score
 
 
+def test_a_length_penalty_past_any_float_ranks_without_failing():
+    # ((5 + 20) / 6) ** 1000 overflows a float (OverflowError, once a 500 from the service):
+    # the score is 0, and the search still returns its hypotheses with their log-probabilities.
+    assert ranking_score(-3.0, 20, 1000.0) == 0.0
+    assert ranking_score(-3.0, 20, 1.0) == -3.0 / (25 / 6)
+    model = TableModel(TRAP)
+    (greedy,) = greedy_search(model, *_sources(), length_penalty=5000.0)
+    ((best, *_),) = beam_search(model, *_sources(), beam_size=3, nbest=2, length_penalty=5000.0)
+    for hyp in (greedy, best):
+        assert hyp.score == 0.0 and hyp.log_prob < 0
+
+
 def test_hypothesis_fields(decoding_model, decoding_tokenizer, decoding_val_sources):
     ids = decoding_tokenizer.encode(decoding_val_sources[:8])
     for search in (_greedy, lambda m, x: [h for n in _beam(m, x, nbest=3) for h in n]):
@@ -180,6 +194,18 @@ def test_max_len_forces_eos(decoding_model, decoding_tokenizer, decoding_val_sou
         strict=True,
     ):
         assert len(g.tokens) <= 3 and len(b[0].tokens) <= 3
+
+
+def test_a_huge_length_limit_is_capped():
+    # a * length + b past any tensor size (1e300 failed every sentence inside torch): capped at
+    # MAX_OUTPUT_LEN, which an endless model then reaches.
+    assert output_limit(8, 1e300, 0) == output_limit(8, 0, 1e300) == MAX_OUTPUT_LEN
+    assert output_limit(8, 1.5, 1e300, min_len=MAX_OUTPUT_LEN + 5) == MAX_OUTPUT_LEN + 5
+    model = TableModel(ENDLESS)
+    src, src_lengths = source_tensors([[A] * 3])
+    (greedy,) = greedy_search(model, src, src_lengths, max_len_b=1e300)
+    ((beam, *_),) = beam_search(model, src, src_lengths, beam_size=2, nbest=2, max_len_a=1e300)
+    assert len(greedy.tokens) == len(beam.tokens) == MAX_OUTPUT_LEN
 
 
 def test_pad_and_bos_never_generated():
