@@ -3,13 +3,14 @@
 A translator's prefix may end inside a word ("A man ri"). Forcing the pieces that the tokenizer
 makes of that fragment ("▁r", "i") would make the model go on from a split it would never choose
 for "riding". So search forces the prefix's complete words as pieces and leaves its last word,
-the tail ("▁ri", as bytes), to be spelled by any pieces whose bytes agree with it: "▁riding" at
+the tail (" ri", as bytes), to be spelled by any pieces whose bytes agree with it: "▁riding" at
 once, or "▁ri" then "ding", or "▁r", "i", "ding". The output then begins with the prefix's text
 exactly, and the model, not the tokenizer, chooses how the word goes on. A prefix that ends in
-a space has the tail "▁": the next piece begins a new word.
+a space has the tail " ": the next piece begins a new word.
 
-Pieces are compared as bytes, so that SentencePiece's byte-fallback pieces (<0xC3>) spell their
-byte and a character outside the vocabulary can still be spelled.
+Pieces are compared as the bytes they decode to ("▁" a space: `Tokenizer.spelling`), so that
+SentencePiece's byte-fallback pieces (<0xC3>) spell their byte and a character outside the
+vocabulary can still be spelled.
 """
 
 import bisect

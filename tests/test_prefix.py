@@ -14,7 +14,7 @@ from seq2seq.commands import decode
 from seq2seq.completion import MAX_TAIL_BYTES, Spelling, Tails
 from seq2seq.data.batching import pad, source_tensors, target_tensor
 from seq2seq.search import beam_search, force_decode, greedy_search, sample
-from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID
+from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from seq2seq.translator import Translator
 from tests.test_score import _assert_same
 
@@ -178,15 +178,15 @@ def test_translator_bad_prefixes(decoding_model, decoding_tokenizer, prefixes, e
 
 # --- the last word of a prefix, completed ---
 
-WORD = "▁".encode()
+WORD = b" "  # what "▁", a word's start, spells
 
 
 def test_spelling_allows_the_pieces_that_agree_with_what_is_left():
-    pieces = [b"", WORD + b"r", WORD + b"ri", WORD + b"riding", b"i", WORD, b"\xe2", WORD + b"x",
+    pieces = [b"", WORD + b"r", WORD + b"ri", WORD + b"riding", b"i", WORD, b" ", WORD + b"x",
               b"ri", b"", WORD + b"ri"]
     spelling = Spelling(pieces)
-    # Those that begin with all of "▁ri", and those that are a beginning of it (the byte piece
-    # 0xE2 too); never one that spells nothing, nor "ri" without the word's start.
+    # Those that begin with all of " ri", and those that are a beginning of it (the byte piece
+    # <0x20> too); never one that spells nothing, nor "ri" without the word's start.
     assert spelling.allowed(WORD + b"ri").tolist() == [1, 2, 3, 5, 6, 10]
     assert spelling.allowed(b"i").tolist() == [4]
     assert spelling.allowed(b"q").tolist() == []
@@ -197,14 +197,14 @@ def test_split_prefix(decoding_tokenizer):
     tok = decoding_tokenizer
     two_dogs = tok.encode(["Two dogs"])[0]
     assert tok.split_prefix(tok.encode(["Two dogs pl"])[0], ends_word=False) == (
-        two_dogs, "▁pl".encode()
+        two_dogs, b" pl"
     )
     assert tok.split_prefix(two_dogs, ends_word=True) == (two_dogs, WORD)
-    assert tok.split_prefix(two_dogs, ends_word=False) == (tok.encode(["Two"])[0], "▁dogs".encode())
+    assert tok.split_prefix(two_dogs, ends_word=False) == (tok.encode(["Two"])[0], b" dogs")
     assert tok.split_prefix([], ends_word=True) == ([], b"")
     # A character outside the vocabulary is spelled by byte-fallback pieces, its bytes in the tail.
     assert tok.split_prefix(tok.encode(["A 日"])[0], ends_word=False) == (
-        tok.encode(["A"])[0], "▁日".encode()
+        tok.encode(["A"])[0], " 日".encode()
     )
     assert tok.spelling.pieces[EOS_ID] == b""
     # Of a last word longer than MAX_TAIL_BYTES only the end is completed, the rest forced: the
@@ -214,8 +214,27 @@ def test_split_prefix(decoding_tokenizer):
     assert MAX_TAIL_BYTES - 16 < len(tail) <= MAX_TAIL_BYTES
     assert forced == ids[: len(forced)]
     assert b"".join(tok.spelling.pieces[i] for i in forced) + tail == (
-        "▁A▁" + "Hundeschlitten" * 10
+        " A " + "Hundeschlitten" * 10
     ).encode()
+
+
+def test_pieces_spell_what_they_decode_to(decoding_tokenizer):
+    """Completion compares a tail with the bytes pieces spell, so they must be the bytes the
+    output text gets. Spelled as "▁", a word's start matched the byte pieces of "▁" (E2 96 81),
+    which decode to that character: a prefix "A Zürich" came out as "A▁Zürich"."""
+    tok = decoding_tokenizer
+    byte = {b: tok._sp.piece_to_id(f"<0x{b:02X}>") for b in b"\xe2\x96\x81 "}
+    assert UNK_ID not in byte.values()
+    a, dog = tok.encode(["A"])[0] + tok.encode(["dog"])[0]
+    for ids in (
+        [a, dog], [a, *tok.encode(["日"])[0], dog], [a, byte[0xE2], byte[0x96], byte[0x81], dog],
+        [a, byte[0x20], dog], [a, *tok.encode(["Ein Hund läuft."])[0]],
+    ):
+        spelled = b"".join(tok.spelling.pieces[i] for i in ids).decode()
+        assert spelled.lstrip(" ") == tok.decode([ids])[0]
+    assert not set(tok.spelling.allowed(" Zürich".encode()).tolist()) & set(byte.values()) - {
+        byte[0x20]
+    }
 
 
 def test_greedy_search_completes_any_beginning_of_its_own_first_word_as_it_would(

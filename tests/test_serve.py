@@ -464,12 +464,12 @@ def test_attention_that_could_outgrow_its_limit_is_refused_before_decoding(trans
         )})
         assert _translate(client, text * 2)  # without attention: no limit
         # A prefix longer than the output limit makes the output, and its attention, longer:
-        # its complete words' pieces, and a piece a byte of the word it ends in ("▁", 3 bytes,
-        # after a space; "▁abc", 6 bytes).
+        # its complete words' pieces, and a piece a byte of the word it ends in (" ", 1 byte,
+        # after a space; " abc", 4 bytes).
         words = "a " * (output_limit(n) + 4)
         p = len(translator.tgt_tokenizer.encode([words])[0])
         assert p > output_limit(n)
-        for prefix, steps in ((words, p + 3), (words + "abc", p + 6)):
+        for prefix, steps in ((words, p + 1), (words + "abc", p + 4)):
             response = client.post(
                 "/v1/translate", json={"text": text, "prefix": [prefix], "return_attention": True}
             )

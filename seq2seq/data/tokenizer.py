@@ -15,7 +15,8 @@ import sentencepiece as spm
 from seq2seq.completion import MAX_TAIL_BYTES, Spelling
 from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
-WORD_START = "▁".encode()  # SentencePiece's mark of a piece that begins a word
+# What SentencePiece's mark "▁" of a piece that begins a word spells: the space it decodes to.
+WORD_START = b" "
 
 # SentencePiece's segmentation algorithms; a Literal, so that the training config refuses any
 # other name (naming the key and these four) before SentencePiece fails on it mid-setup.
@@ -117,8 +118,10 @@ class Tokenizer:
 
     @functools.cached_property
     def spelling(self) -> Spelling:
-        """The bytes each piece spells: a byte-fallback piece ("<0xC3>") its byte, PAD, UNK, BOS
-        and EOS nothing, any other piece its text, "▁" included."""
+        """The bytes each piece spells, as it decodes: a byte-fallback piece ("<0xC3>") its byte,
+        PAD, UNK, BOS and EOS nothing, any other piece its text with "▁" a space. (Spelled as
+        "▁", a word's start would also be spelled by the byte pieces of "▁", E2 96 81, which
+        decode to the character "▁" itself: "A▁Zürich".)"""
         sp, pieces = self._sp, []
         for i in range(sp.get_piece_size()):
             piece = sp.id_to_piece(i)
@@ -127,13 +130,13 @@ class Tokenizer:
             elif sp.is_byte(i):
                 pieces.append(bytes([int(piece[3:-1], 16)]))
             else:
-                pieces.append(piece.encode())
+                pieces.append(piece.replace("▁", " ").encode())
         return Spelling(pieces)
 
     def split_prefix(self, ids: list[int], ends_word: bool) -> tuple[list[int], bytes]:
         """A prefix's pieces -> (the pieces of its complete words, its tail): the bytes of its
         last word, which the search completes (`seq2seq.completion`). With `ends_word` (the
-        prefix ended in a space) every word is complete and the tail is "▁": the next piece
+        prefix ended in a space) every word is complete and the tail is " ": the next piece
         begins a word. A last word with an unknown piece, which spells nothing, is forced as
         it is; of one over MAX_TAIL_BYTES, the pieces before its last MAX_TAIL_BYTES are."""
         if ends_word:
