@@ -20,14 +20,16 @@ def _data_name(training_config: dict | None) -> str | None:
     """The corpus the run trained on, as its config names it; None when not known."""
     if training_config is None:
         return None
-    data = training_config.get("data") or {}
+    data = training_config.get("data")
+    data = data if isinstance(data, dict) else {}  # a hand-edited config.yaml may hold anything
     # No data_dir and no hub dataset: the Multi30k bundled with seq2seq (the configs' default).
-    return data.get("hf_dataset") or data.get("data_dir") or MULTI30K_HUB_ID
+    return str(data.get("hf_dataset") or data.get("data_dir") or MULTI30K_HUB_ID)
 
 
 def _base_model(training_config: dict | None) -> str | None:
     """The model the run fine-tuned (`seq2seq-train --init_from`); None for a new network."""
-    return (training_config or {}).get("init_from")
+    init_from = (training_config or {}).get("init_from")
+    return None if init_from is None else str(init_from)
 
 
 def _inherited_terms(base_model: str | None) -> str:

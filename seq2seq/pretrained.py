@@ -231,18 +231,13 @@ def _download(repo_id: str, revision: str | None) -> Path:
         ) from None
 
 
-def load_pretrained(
-    name: str | os.PathLike, revision: str | None = None, map_location="cpu"
-) -> LoadedModel:
-    """A model folder, or a hub id (downloaded once into the Hugging Face cache, then read from
-    there); `revision` (a branch, tag or commit of a hub repo) only for a hub id.
-
-    Raises CheckpointError, one line naming the file or the repo, for anything unusable.
-    """
+def _folder(name: str | os.PathLike, revision: str | None) -> Path:
+    """The local folder of a model folder or a hub id (downloaded once into the Hugging Face
+    cache, then read from there)."""
     if Path(name).is_dir():
         if revision is not None:
             raise CheckpointError(f"{name}: a revision applies to hub ids, not to local folders")
-        return _load_folder(Path(name), map_location)
+        return Path(name)
     if not is_hub_id(str(name)):
         raise CheckpointError(f"{name}: no such model folder")
     folder = _download(str(name), revision)
@@ -252,7 +247,29 @@ def load_pretrained(
                 f"{name}: no {file} in its copy in the Hugging Face cache ({folder}): a download "
                 "that was cut short, or not a seq2seq model folder"
             )
-    return _load_folder(folder, map_location)
+    return folder
+
+
+def load_pretrained(
+    name: str | os.PathLike, revision: str | None = None, map_location="cpu"
+) -> LoadedModel:
+    """A model folder, or a hub id (downloaded once into the Hugging Face cache, then read from
+    there); `revision` (a branch, tag or commit of a hub repo) only for a hub id.
+
+    Raises CheckpointError, one line naming the file or the repo, for anything unusable.
+    """
+    return _load_folder(_folder(name, revision), map_location)
+
+
+def read_training_config(name: str | os.PathLike, revision: str | None = None) -> dict | None:
+    """The training configuration a model folder (or hub id) keeps in its config.json: what a
+    new export of it must keep (the card's data and its terms come from it)."""
+    path = _folder(name, revision) / CONFIG_FILE
+    training_config = _read_config(path).get("training_config")
+    if training_config is not None and not isinstance(training_config, dict):
+        kind = type(training_config).__name__
+        raise CheckpointError(f"{path}: 'training_config' must be an object or null, got {kind}")
+    return training_config
 
 
 def push_to_hub(folder: str | os.PathLike, repo_id: str) -> str:

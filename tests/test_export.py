@@ -3,6 +3,7 @@ config and a model card in the hub's format; several checkpoints averaged; --pus
 in one line offline."""
 
 import json
+import shutil
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -117,6 +118,23 @@ def test_several_checkpoints_are_averaged(run, tmp_path):
     assert "average of 2 checkpoints" in card and "Not evaluated at export" in card
 
 
+def test_a_model_folder_exported_again_keeps_its_training_config_and_terms(exported, tmp_path):
+    # Into another folder, and into itself: the card's data and terms come from its config.
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    for source, output in ((exported, tmp_path / "again"), (copy, copy)):
+        assert export.main([str(source), "--output", str(output)]) == 0
+        config = json.loads((output / CONFIG_FILE).read_text())
+        assert config["training_config"] == json.loads((exported / CONFIG_FILE).read_text())[
+            "training_config"
+        ]
+        card = ModelCard.load(output / CARD_FILE)
+        assert card.data.license == "other" and card.data.license_link
+        assert "non-commercial research and educational use" in card.text
+    (copy / CONFIG_FILE).write_text(json.dumps({**config, "training_config": 3}))
+    assert export.main([str(copy), "--output", str(tmp_path / "bad")]) == 2
+
+
 def test_a_save_model_file_has_no_training_config(decoding_checkpoint, tmp_path):
     assert export.main([str(decoding_checkpoint), "--output", str(tmp_path)]) == 0
     assert json.loads((tmp_path / CONFIG_FILE).read_text())["training_config"] is None
@@ -180,3 +198,30 @@ def test_a_bad_test_set_fails_before_the_folder_is_written(decoding_checkpoint, 
         f"seq2seq-export: error: {sources} has 2 lines but {references} has 1\n"
     )
     assert not output.exists()  # not a folder without its model card
+
+
+@pytest.mark.parametrize(
+    "yaml_text, error",
+    [
+        ("data:\n  data_dir: [a\nmodel: {}\n", "config.yaml:3: not valid YAML (expected ','"),
+        ("just a string\n", "config.yaml: not a YAML mapping of options"),
+        ("note: 2024-01-01\ndata: 3\n", None),  # a date goes in as its text; data: 3 is no corpus
+    ],
+)
+def test_a_hand_edited_run_config(decoding_checkpoint, tmp_path, capsys, yaml_text, error):
+    (tmp_path / "checkpoints").mkdir()
+    checkpoint = tmp_path / "checkpoints" / "best.ckpt"
+    checkpoint.symlink_to(decoding_checkpoint)
+    (tmp_path / "config.yaml").write_text(yaml_text)
+    output = tmp_path / "model"
+    status = export.main([str(checkpoint), "--output", str(output)])
+    if error is None:
+        assert status == 0
+        assert json.loads((output / CONFIG_FILE).read_text())["training_config"]["note"] == (
+            "2024-01-01"
+        )
+        assert "Trained on Multi30k" in (output / CARD_FILE).read_text()
+    else:
+        message = capsys.readouterr().err
+        assert status == 2 and message.count("\n") == 1 and error in message, message
+        assert not output.exists()  # refused before anything is written

@@ -13,6 +13,7 @@ load it; so do they the hub id once it is pushed.
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -24,8 +25,16 @@ from seq2seq.checkpoint import CheckpointError, load_model, read_checkpoint
 from seq2seq.cli import check_search_flags, output_text
 from seq2seq.commands.average import average
 from seq2seq.data.corpus import CorpusError, read_test_set
+from seq2seq.errors import first_line
 from seq2seq.metrics import corpus_scores
-from seq2seq.pretrained import CARD_FILE, check_repo_id, push_to_hub, save_pretrained
+from seq2seq.pretrained import (
+    CARD_FILE,
+    check_repo_id,
+    is_pretrained,
+    push_to_hub,
+    read_training_config,
+    save_pretrained,
+)
 from seq2seq.translator import BEAM_SIZE, Translator
 
 RUN_CONFIG = "config.yaml"  # what Lightning's CLI writes into a run folder
@@ -36,15 +45,23 @@ PROG = "seq2seq-export"  # its console script's name, in every message
 def training_config(path: Path) -> dict | None:
     """The configuration a training checkpoint came from: the run's config.yaml beside its
     checkpoints/ folder (everything: trainer, model, data), else what the checkpoint itself
-    keeps (model and data arguments); None for a file written by checkpoint.save_model."""
+    keeps (model and data arguments); None for a file written by checkpoint.save_model. A
+    model folder or hub id passes on what its config.json keeps."""
+    if is_pretrained(path):
+        return read_training_config(path)
     run_config = path.parent.parent / RUN_CONFIG
     if path.parent.name == "checkpoints" and run_config.is_file():
         try:
-            return yaml.safe_load(run_config.read_text(encoding="utf-8"))
+            config = yaml.safe_load(run_config.read_text(encoding="utf-8"))
+        except yaml.MarkedYAMLError as e:  # its str() spans lines: the problem, and its line
+            line = f":{e.problem_mark.line + 1}" if e.problem_mark else ""
+            raise CheckpointError(f"{run_config}{line}: not valid YAML ({e.problem})") from None
         except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{run_config}: not valid YAML ({e})") from None
-    if not path.is_file():  # a model folder or a hub id
-        return None
+            raise CheckpointError(f"{run_config}: not valid YAML ({first_line(e)})") from None
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{run_config}: not a YAML mapping of options")
+        # config.json is JSON: a value YAML reads as a date (or bytes) goes in as its text.
+        return json.loads(json.dumps(config, default=str))
     checkpoint = read_checkpoint(path, "cpu", mmap=True)
     model, data = checkpoint.get("hyper_parameters"), checkpoint.get("datamodule_hyper_parameters")
     if model is None and data is None:
@@ -115,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         # Read first: a bad test set must fail before a half-made folder (no card) is written.
         test_set = read_test_set(args.eval_src, args.eval_ref) if args.eval_src else None
         loaded = load_model(paths[0]) if len(paths) == 1 else average(paths)
-        config = save_pretrained(args.output, loaded, training_config(paths[0]))
+        trained_with = training_config(paths[0])  # before --output, which may be paths[0]
+        config = save_pretrained(args.output, loaded, trained_with)
         scores, test_name, decoding = _evaluate(args, *test_set) if test_set else (None, "", "")
         parameters = sum(p.numel() for p in loaded.model.parameters())
         card = model_card.render(
