@@ -12,7 +12,6 @@ Loading uses `torch.load(..., weights_only=True)` only: a checkpoint is data, ne
 
 import dataclasses
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import NamedTuple
 
 import torch
 
+from seq2seq.atomic import written_whole
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.model import ModelConfig, Seq2Seq, check_vocab_sizes
 from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
@@ -63,8 +63,8 @@ def make_payload(
 
 
 def readable_by_all(path: str | os.PathLike) -> None:
-    """rw-r--r--: a model file is for sharing, but the temporary files it is written through
-    (and safetensors' own writer) create it readable by its owner alone."""
+    """rw-r--r--: a model file is for sharing, but safetensors' writer may create it readable
+    by its owner alone."""
     os.chmod(path, 0o644)
 
 
@@ -83,17 +83,8 @@ def save_model(
         "seq2seq": make_payload(model, src_tokenizer, tgt_tokenizer, src_lang, tgt_lang),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        readable_by_all(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with written_whole(path) as f:
+        torch.save(checkpoint, f)
 
 
 # Lines of torch.load's messages that say nothing about this file.

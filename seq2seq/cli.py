@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from seq2seq.arguments import OneLineErrorParser, non_empty, positive_int
+from seq2seq.atomic import written_whole
 from seq2seq.checkpoint import CheckpointError
 from seq2seq.data.corpus import LINE_END, CorpusError, read_bytes, split_lines
 from seq2seq.ensemble import COMBINE
@@ -293,13 +294,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _output_file(args: argparse.Namespace) -> AbstractContextManager[BinaryIO]:
+    """-o opened for writing. When it is the -i file, a new file that replaces it once every
+    line is written: a run that fails half-way (Ctrl-C, a full disk) leaves the input whole."""
+    if args.input and args.output.exists() and args.output.samefile(args.input):
+        target = args.input.resolve()  # a link stays a link to the new file
+        return written_whole(target, stat.S_IMODE(target.stat().st_mode))
+    return open(args.output, "wb")
+
+
 def _fail(message: str) -> int:
     print(f"translate: error: {message}", file=sys.stderr)
     return 2
 
 
-def _worker_died(e: BrokenProcessPool) -> int:
-    return _fail(f"--workers: a worker process stopped ({first_line(e)})")
+def worker_stopped(e: BrokenProcessPool) -> str:
+    """The error when a process of `--workers` died (killed, out of memory)."""
+    return f"--workers: a worker process stopped ({first_line(e)})"
 
 
 def _warn(message: str) -> None:
@@ -348,7 +359,7 @@ def _decode(raw: bytes, lineno: int, where: str = "") -> str:
 
 def read_prefixes(path: Path, lines: int) -> list[str]:
     """--prefix FILE: one line per input line. Raises CorpusError naming the file."""
-    if not path.is_file():
+    if not path.exists():
         raise CorpusError(f"--prefix {path}: no such file")
     raw = split_lines(read_bytes(path))
     if len(raw) != lines:
@@ -482,10 +493,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_decoding_flags(parser, args)
-    if args.input and not args.input.is_file():
+    if args.input and not args.input.exists():  # a pipe, <(...), is read like a file
         return _fail(f"{args.input}: no such input file")
     if not args.input and sys.stdin is None:  # started with stdin closed, e.g. `<&-`
         return _fail("no input: stdin is closed; give -i FILE")
+    if not args.output and sys.stdout is None:  # `>&-`
+        return _fail("no output: stdout is closed; give -o FILE")
     try:  # before the model loads: an unreadable file (a broken gzip, say) fails at once
         data = read_bytes(args.input) if args.input else None
         prefixes = None
@@ -513,15 +526,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # CheckpointError included
         return _fail(str(e))
     except BrokenProcessPool as e:
-        return _worker_died(e)
+        return _fail(worker_stopped(e))
     try:
         with opened as translator:
             if args.output:
-                with open(args.output, "wb") as out:
+                with _output_file(args) as out:
                     return _run(args, translator, out, data, prefixes)
             return _run(args, translator, sys.stdout.buffer, data, prefixes)
     except BrokenProcessPool as e:
-        return _worker_died(e)
+        return _fail(worker_stopped(e))
     except OSError as e:
         if isinstance(e, BrokenPipeError):
             return reader_gone()

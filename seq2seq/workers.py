@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from seq2seq.translator import TranslationResult, Translator
+from seq2seq.translator import PrefixError, TranslationResult, Translator
 
 AUTO = "auto"  # one process per core, one thread each
 
@@ -100,8 +100,14 @@ class TranslatorPool:
             for i in range(min(n, len(texts)))
         }
         results: list[list[TranslationResult]] = [[] for _ in texts]
+        failed: list[PrefixError] = []
         for i, future in shares.items():
-            results[i::n] = pickle.loads(future.result())
+            try:
+                results[i::n] = pickle.loads(future.result())
+            except PrefixError as e:  # its index counts in share i: name the text's
+                failed.append(PrefixError(i + e.index * n, e.problem))
+        if failed:  # the first text that fails, as one process would report it
+            raise min(failed, key=lambda e: e.index)
         return results
 
     def close(self) -> None:

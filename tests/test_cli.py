@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -152,6 +153,62 @@ def test_a_closed_stdin_is_one_line():
     )
     assert run.returncode == 2
     assert run.stderr == b"translate: error: no input: stdin is closed; give -i FILE\n"
+
+
+def test_a_closed_stdout_is_one_line(tmp_path):
+    # Each command would otherwise fail on sys.stdout being None, or print its scores nowhere.
+    test_set = tmp_path / "test.de"
+    test_set.write_text("Ein Hund.\n")
+    for command, message in (
+        (TRANSLATE, "translate: error: no output: stdout is closed; give -o FILE"),
+        ([sys.executable, "-m", "seq2seq.commands.score", "--src", test_set, "--ref", test_set],
+         "seq2seq-score: error: no output: stdout is closed; give --output FILE"),
+        ([sys.executable, "-m", "seq2seq.commands.decode", "--src", test_set, "--ref", test_set],
+         "seq2seq-decode: error: no output: stdout is closed; the scores are printed there"),
+    ):
+        run = subprocess.run(
+            [*map(str, command), "-m", "never-read.ckpt"], preexec_fn=lambda: os.close(1),
+            stderr=subprocess.PIPE, input=b"Ein Hund.\n", env=ENV, timeout=TIMEOUT,
+        )
+        assert (run.returncode, run.stderr.decode()) == (2, message + "\n")
+
+
+def test_input_from_a_pipe_and_a_folder(decoding_checkpoint, tmp_path, capsys):
+    # -i <(...) is a pipe: read as a file (it once said "no such input file"); a folder is not.
+    fifo = tmp_path / "input.de"
+    os.mkfifo(fifo)
+    text = "Ein Hund.\nZwei Katzen.\n"
+    writer = threading.Thread(target=fifo.write_text, args=(text,), daemon=True)
+    writer.start()
+    assert cli.main(["-m", str(decoding_checkpoint), "-i", str(fifo)]) == 0
+    writer.join()
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert cli.main(["-m", "never-read.ckpt", "-i", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"translate: error: {tmp_path}: cannot read (")
+
+
+def test_an_interrupted_run_leaves_its_own_input_whole(decoding_checkpoint, tmp_path):
+    # -o naming the -i file: written beside it and moved over it at the end, so that Ctrl-C
+    # half-way leaves the input as it was (it was emptied when -o opened).
+    path = tmp_path / "text.de"
+    text = "Ein Mann fährt Fahrrad.\nZwei Hunde spielen im Schnee.\n" * 400
+    path.write_text(text)
+    path.chmod(0o640)
+    run = subprocess.Popen(
+        [*TRANSLATE, "-m", decoding_checkpoint, "-i", path, "-o", path, "--batch-size", "1",
+         "--beam-size", "5"], stderr=subprocess.PIPE, env=ENV,
+    )
+    deadline = time.monotonic() + TIMEOUT
+    while not list(tmp_path.glob(".text.de.*.tmp")) and path.stat().st_size == len(text.encode()):
+        assert time.monotonic() < deadline and run.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.5)  # some lines written
+    run.send_signal(signal.SIGINT)
+    assert run.wait(TIMEOUT) == 130
+    assert path.read_text() == text
+    assert list(tmp_path.iterdir()) == [path]  # the unfinished file is gone
+    assert cli.main(["-m", str(decoding_checkpoint), "-i", str(path), "-o", str(path)]) == 0
+    assert len(path.read_text().splitlines()) == 800 and path.stat().st_mode & 0o777 == 0o640
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")

@@ -397,12 +397,16 @@ def test_decode_prefix_file(decoding_checkpoint, decoding_val_sources, tmp_path,
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["bleu"] == pytest.approx(100)
     short, long = tmp_path / "short.en", tmp_path / "long.en"
     short.write_text("A\n", encoding="utf-8")
-    long.write_text("".join("a " * 30 + "\n" if i == 2 else "A\n" for i in range(12)),
+    long.write_text("".join("a " * 30 + "\n" if i in (3, 5) else "A\n" for i in range(12)),
                     encoding="utf-8")
     for more, message in (
         (["--prefix", str(short)], f"--prefix {short}: 1 lines for 12 input lines"),
-        (["--prefix", str(long), "--max-src-len", "20"],
-         f"--prefix {long}: line 3: 30 pieces; at most 20"),
+        # The first line that fails, also when it is the second of a worker's share.
+        *(
+            (["--prefix", str(long), "--max-src-len", "20", "--workers", workers],
+             f"--prefix {long}: line 4: 30 pieces; at most 20")
+            for workers in ("1", "2")
+        ),
     ):
         assert decode.main([*args, *more]) == 2
         assert capsys.readouterr().err.splitlines()[-1] == f"seq2seq-decode: error: {message}"

@@ -2,8 +2,12 @@
 line, with the same warnings and exit status; errors stay one line."""
 
 import functools
+import multiprocessing
 import os
+import signal
 import sys
+import threading
+import time
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext
 
@@ -184,3 +188,38 @@ def test_a_worker_that_dies_translating_is_one_error(mixed_file, monkeypatch, ca
         "translate: error: --workers: a worker process stopped "
         "(A process in the process pool was terminated abruptly)"
     )
+
+
+def _kill_a_worker() -> threading.Thread:
+    """Kills (SIGKILL) the first worker process started after it, as the OOM killer would."""
+    earlier = {child.pid for child in multiprocessing.active_children()}  # other tests' pools
+
+    def kill():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for child in multiprocessing.active_children():
+                if child.pid not in earlier:
+                    os.kill(child.pid, signal.SIGKILL)
+                    return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_decode_with_a_worker_killed_is_one_error(
+    decoding_checkpoint, decoding_val_sources, tmp_path, capsys
+):
+    test_set = tmp_path / "test.de"
+    test_set.write_text("".join(f"{s}\n" for s in decoding_val_sources[:200]), encoding="utf-8")
+    killer = _kill_a_worker()
+    status = decode.main([
+        "-m", str(decoding_checkpoint), "--src", str(test_set), "--ref", str(test_set),
+        "--workers", "2", "--beam-size", "5", "--batch-size", "1",
+    ])
+    killer.join()
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert status == 2 and error.startswith(
+        "seq2seq-decode: error: --workers: a worker process stopped ("
+    ), error

@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from seq2seq.arguments import OneLineErrorParser, non_negative_int
@@ -33,6 +34,7 @@ from seq2seq.cli import (
     output_text,
     read_prefixes,
     search_options,
+    worker_stopped,
 )
 from seq2seq.data.corpus import read_test_set
 from seq2seq.metrics import corpus_scores
@@ -82,6 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if sys.stdout is None:  # `>&-`: the scores would go nowhere
+        return _fail("no output: stdout is closed; the scores are printed there")
     try:
         sources, references = read_test_set(args.src, args.ref)
         if args.prefix:
@@ -93,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         opened = open_translator(args)
     except ValueError as e:  # CorpusError, CheckpointError, a device, --int8
         return _fail(str(e))
+    except BrokenProcessPool as e:
+        return _fail(worker_stopped(e))
     except OSError as e:
         return _fail(f"--output {args.output}: cannot make its folder ({e.strerror})")
 
@@ -103,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         except PrefixError as e:  # longer than --max-src-len pieces
             where = f"--prefix {args.prefix}" if args.prefix else f"--prefix-words: {args.ref}"
             return _fail(f"{where}: line {e.index + 1}: {e.problem}")
+        except BrokenProcessPool as e:
+            return _fail(worker_stopped(e))
         seconds = time.perf_counter() - start
     hypotheses = [output_text(nbest[0]) for nbest in results]
     truncated = sum(nbest[0].truncated for nbest in results)

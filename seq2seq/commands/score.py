@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.output and sys.stdout is None:  # `>&-`
+        return _fail("no output: stdout is closed; give --output FILE")
     try:
         sources, references = read_test_set(args.src, args.ref)
         translator = load_translator(args)
