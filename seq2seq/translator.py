@@ -182,7 +182,7 @@ class Translator:
     ) -> list[list[TranslationResult]]:
         """The nbest translations of each text, best first, in input order.
 
-        An empty text (after cleaning) gets one empty result and never reaches the model.
+        An empty text (after cleaning) gets `nbest` empty results and never reaches the model.
         `min_len` blocks EOS until that many tokens exist (benchmarks decode fixed lengths).
         sampling=True draws one translation instead of searching (`search.sample`, which says
         what sampling_topk, temperature and seed do; beam_size is not used there).
@@ -202,7 +202,7 @@ class Translator:
         _check_sizes(batch_size=batch_size, max_src_len=max_src_len)
         ids = self.src_tokenizer.encode(_cleaned("texts", texts, "translate([text])"))
         prefix_parts = self._prefixes(prefixes, len(ids), max_src_len)
-        results: list[list[TranslationResult]] = [[empty_result()] for _ in texts]
+        results = [[empty_result() for _ in range(nbest)] for _ in texts]
         # Similar lengths share a batch, so little of it is padding; longest first, so that a
         # batch too large for memory fails at once rather than at the end.
         order = sorted((i for i, x in enumerate(ids) if x), key=lambda i: -len(ids[i]))

@@ -108,6 +108,9 @@ def test_nbest_scores_and_attention(client, decoding_val_sources):
     assert len(weights) == len(attention["tgt_pieces"]) > 1
     assert {len(row) for row in weights} == {len(attention["src_pieces"])}
     assert all(abs(sum(row) - 1) < 1e-4 for row in weights)  # a distribution over the source
+    # An empty sentence has n empty entries too, as translate --nbest prints n empty lines.
+    [empty] = _translate(client, [" "], beam_size=4, nbest=3, return_scores=True)
+    assert empty["nbest"] == [{"text": "", "score": 0.0}] * 3
     plain = _translate(client, [decoding_val_sources[3]], beam_size=4)[0]
     assert set(plain) == {"text", "truncated"}  # nothing that was not asked for
 

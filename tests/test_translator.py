@@ -26,9 +26,9 @@ def test_empty_inputs_never_reach_the_model(translator, monkeypatch):
         raise AssertionError("the model was run")
 
     monkeypatch.setattr(translator.model, "encode", no_encode)
-    results = translator.translate(["", "   ", "\t\u00a0"], nbest=2)
-    for (result,) in results:
-        assert (result.text, result.tokens, result.src_pieces) == ("", [], [])
+    results = translator.translate(["", "   ", "\t\u00a0"], beam_size=2, nbest=2)
+    for nbest in results:
+        assert [(r.text, r.tokens, r.src_pieces) for r in nbest] == [("", [], [])] * 2
 
 
 def test_result_fields(translator, decoding_tokenizer, decoding_val_sources):
