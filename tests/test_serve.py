@@ -527,6 +527,52 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(decoding_checkpoint, de
             httpx.get(f"{server.url}/health")
 
 
+def test_a_request_whose_client_leaves_is_not_decoded_further(
+    decoding_checkpoint, decoding_val_sources
+):
+    # One sentence a batch: a request of 200 at beam 16 takes many batches. Its client hangs up
+    # once the first are decoded; the rest are dropped, and the service goes on serving.
+    args = ["-m", str(decoding_checkpoint), "--threads", "1", "--max-batch-tokens", "1"]
+    with ServerProcess(args) as server:
+        def health():
+            return httpx.get(f"{server.url}/health").json()
+
+        body = httpx.Request(
+            "POST", f"{server.url}/v1/translate",
+            json={"text": decoding_val_sources[:200], "beam_size": 16},
+        )
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            head = f"POST /v1/translate HTTP/1.1\r\nHost: {host}\r\n" + "".join(
+                f"{k}: {v}\r\n" for k, v in body.headers.items() if k.lower() != "host"
+            )
+            sock.sendall(head.encode() + b"\r\n" + body.read())
+            deadline = time.monotonic() + 60
+            while health()["batches"] < 3:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        while health()["queued"]:  # dropped at the next batch
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        left = health()
+        time.sleep(1)
+        assert health() == left and left["batches"] < 100 and left["requests_decoded"] == 0
+        assert len(_translate(httpx.Client(base_url=server.url), ["Ein Hund."])) == 1
+        assert server.stop() == 0, "".join(server.log)
+
+
+def test_a_worker_that_stops_fails_its_requests_and_health(translator):
+    # A wait past what a thread can wait (OverflowError): `translate serve` refuses it, but a
+    # program may build its own DynamicBatcher. Its requests get a 503, not an endless wait.
+    with _client(translator, max_wait_ms=1e13) as client:
+        stopped = "the translation worker stopped (OverflowError); see the server log"
+        for _ in range(2):  # the request that was waiting, and one after
+            response = client.post("/v1/translate", json={"text": ["Ein Hund."]})
+            assert (response.status_code, response.json()["error"]) == (503, stopped)
+        health = client.get("/health")
+        assert (health.status_code, health.json()["status"]) == (503, "stopped")
+
+
 def test_bad_model_is_one_line_and_status_2(tmp_path, capsys):
     missing = tmp_path / "missing.ckpt"
     assert translate_main(["serve", "-m", str(missing)]) == 2
@@ -534,7 +580,7 @@ def test_bad_model_is_one_line_and_status_2(tmp_path, capsys):
     assert error.startswith(f"translate serve: error: {missing}") and error.count("\n") == 1
 
 
-@pytest.mark.parametrize("wait", ["inf", "nan", "-1"])
+@pytest.mark.parametrize("wait", ["inf", "nan", "-1", "60001", "1e13"])
 def test_max_wait_must_be_a_finite_number_of_ms(wait, capsys):
     with pytest.raises(SystemExit) as exit_:
         translate_main(["serve", "-m", "never-read.ckpt", "--max-wait-ms", wait])

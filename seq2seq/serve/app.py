@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 
 from seq2seq.cli import output_text
 from seq2seq.search import SAMPLING_DEFAULTS, output_limit
-from seq2seq.serve.batcher import DynamicBatcher, QueueFull
+from seq2seq.serve.batcher import DynamicBatcher, QueueFull, WorkerStopped
 from seq2seq.serve.schema import (
     Attention,
     Hypothesis,
@@ -131,19 +131,46 @@ def _json_body(request: type[TranslateRequest | ScoreRequest]) -> dict:
     return {"requestBody": {"required": True, "content": content}}
 
 
+async def _client_gone(request: Request) -> None:
+    """Returns once the client has closed its connection. After the body, the next message the
+    server gives a request is its disconnect (or none, once the response is sent)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        await asyncio.sleep(0.1)  # not expected; and never a busy loop
+
+
 async def _through(
-    batcher: DynamicBatcher, what: str, texts: list, lengths: list[int], options: dict
+    request: Request,
+    batcher: DynamicBatcher,
+    what: str,
+    texts: list,
+    lengths: list[int],
+    options: dict,
 ) -> list:
     """The results of `batcher.submit(texts, lengths, **options)`, once the worker has them;
-    ErrorAnswer 503 (with Retry-After) when the queue is full, 500 when `what` failed."""
+    ErrorAnswer 503 (with Retry-After) when the queue is full or the worker has stopped, 500
+    when `what` failed. If the client leaves first, what is not decoded yet never will be."""
     try:
         future = batcher.submit(texts, lengths, **options)
     except QueueFull as e:
         raise ErrorAnswer(
             503, f"busy: {e}; retry later", {"Retry-After": str(RETRY_AFTER_S)}
         ) from None
+    except WorkerStopped as e:
+        raise ErrorAnswer(503, f"{e}; see the server log") from None
+    results = asyncio.wrap_future(future)
+    gone = asyncio.ensure_future(_client_gone(request))
     try:
-        return await asyncio.wrap_future(future)
+        await asyncio.wait({results, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not results.done():  # the client left (or the server stops): cancels `future` too,
+            results.cancel()  # and the worker drops the request's sentences not yet decoded
+    if results.cancelled():  # nobody reads this answer; the log shows it
+        raise ErrorAnswer(499, "the client closed the connection before its answer")
+    try:
+        return results.result()
+    except WorkerStopped as e:
+        raise ErrorAnswer(503, f"{e}; see the server log") from None
     except Exception as e:
         raise ErrorAnswer(500, f"{what} failed ({type(e).__name__}); see the server log") from None
 
@@ -243,7 +270,7 @@ def create_app(batcher: DynamicBatcher, models: dict, limits: Limits) -> FastAPI
         if req.return_attention:
             _check_attention_size(lengths, steps, limits.max_attention_weights)
         options = {**req.search_options(), "prefixes": req.prefix}
-        results = await _through(batcher, "translation", req.text, lengths, options)
+        results = await _through(request, batcher, "translation", req.text, lengths, options)
         return TranslateResponse(translations=[_translation(r, req) for r in results])
 
     @app.post(
@@ -262,7 +289,8 @@ def create_app(batcher: DynamicBatcher, models: dict, limits: Limits) -> FastAPI
                             req.return_attention)
         pairs = list(zip(req.source, req.target, strict=True))
         options = {"score": True, "length_penalty": req.length_penalty}
-        results = await _through(batcher, "scoring", pairs, [n + 1 for n in source], options)
+        lengths = [n + 1 for n in source]
+        results = await _through(request, batcher, "scoring", pairs, lengths, options)
         return ScoreResponse(
             scores=[
                 Score(
@@ -275,12 +303,13 @@ def create_app(batcher: DynamicBatcher, models: dict, limits: Limits) -> FastAPI
 
     @app.get("/health")
     async def health():
-        return {
-            "status": "ok",
+        state = {
+            "status": "ok" if batcher.stopped_by is None else "stopped",
             "queued": batcher.queued(),
             "requests_decoded": batcher.requests,
             "batches": batcher.batches,
         }
+        return JSONResponse(state, status_code=200 if batcher.stopped_by is None else 503)
 
     @app.get("/v1/models")
     async def list_models():

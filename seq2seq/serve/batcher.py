@@ -7,14 +7,15 @@ most `max_batch_tokens` (source pieces times beam size: the rows the search carr
 their length). Requests with other options keep their place for a later round, so every
 request reaches the head of the queue in turn: none waits forever. A request over the budget is
 decoded a part at a time, going to the back of the queue after each part, so a long document
-delays the requests behind it by one part's decoding, not by all of it.
+delays the requests behind it by one part's decoding, not by all of it. A request whose client
+has left (its future cancelled) is dropped from the queue, the rest of it undecoded.
 """
 
 import logging
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 from seq2seq.translator import MAX_SRC_LEN, TranslationResult, Translator, readable
@@ -26,11 +27,19 @@ log = logging.getLogger(__name__)
 # (with 4096 it took 2.4 times as long at beam 16: README, Serving).
 MAX_BATCH_TOKENS = 8192  # source pieces (EOS included) times beam size
 MAX_WAIT_MS = 10.0  # how long the oldest request waits for others to join it
+# ... and the longest wait `--max-wait-ms` may ask for: a minute holds any batch together, and
+# far longer ones (1e13 ms) are past what a thread can wait (OverflowError in the worker).
+MOST_WAIT_MS = 60_000.0
 MAX_QUEUE = 1024  # requests
 
 
 class QueueFull(Exception):
-    """The queue holds `max_queue` requests already: the client should retry later."""
+    """The queue holds `max_queue` requests already (or the service stops): the client should
+    retry later."""
+
+
+class WorkerStopped(Exception):
+    """The worker thread ended on an error; nothing more will be decoded."""
 
 
 @dataclass(eq=False)  # a job is itself: `in` and `remove` on the queue compare identities
@@ -64,6 +73,7 @@ class DynamicBatcher:
         self._changed = threading.Condition()
         self._stopping = False
         self._worker = threading.Thread(target=self._run, name="translator", daemon=True)
+        self.stopped_by: BaseException | None = None  # what ended the worker, if not stop()
         self.requests = 0  # decoded so far, and the batches they made: GET /health reports
         self.batches = 0  # both, so that a load test sees how much batching happened
 
@@ -96,6 +106,8 @@ class DynamicBatcher:
         prefixes share batches (no prefix: "")."""
         job = _Job(texts, options, [n * options.get("beam_size", 1) for n in lengths], prefixes)
         with self._changed:
+            if self.stopped_by is not None:
+                raise _stopped(self.stopped_by)
             if self._stopping:
                 raise QueueFull("the service is shutting down")
             if len(self._queue) >= self.max_queue:
@@ -108,15 +120,28 @@ class DynamicBatcher:
         return len(self._queue)
 
     def _run(self) -> None:
-        while batch := self._next_batch():
-            self.batches += 1
-            self._decode(batch)
+        try:
+            while batch := self._next_batch():
+                self.batches += 1
+                self._decode(batch)
+        except BaseException as e:  # a fault of ours: fail the waiting requests, not hang them
+            log.exception("the translation worker stopped")
+            with self._changed:
+                self.stopped_by = e
+                for job in self._queue:
+                    _settle(job.future, exception=_stopped(e))
+                self._queue.clear()
 
     def _next_batch(self) -> list[tuple[_Job, int, int]]:
         """(job, first, end) for each job with sentences in the next batch: the oldest job's
         and those of later jobs with its options, within the budget; [] to end."""
         with self._changed:
-            while not self._queue:
+            while True:
+                # A request whose client has gone (its future cancelled) is not decoded further.
+                for job in [job for job in self._queue if job.future.cancelled()]:
+                    self._queue.remove(job)
+                if self._queue:
+                    break
                 if self._stopping:
                     return []
                 self._changed.wait()
@@ -178,7 +203,7 @@ class DynamicBatcher:
             with self._changed:  # its other parts are not decoded
                 if job in self._queue:
                     self._queue.remove(job)
-            job.future.set_exception(e)
+            _settle(job.future, exception=e)
             return
         start = 0
         for job, first, end in batch:
@@ -186,4 +211,20 @@ class DynamicBatcher:
             start += end - first
             if len(job.results) == len(job.texts):
                 self.requests += 1
-                job.future.set_result(job.results)
+                _settle(job.future, result=job.results)
+
+
+def _stopped(cause: BaseException) -> WorkerStopped:
+    return WorkerStopped(f"the translation worker stopped ({type(cause).__name__})")
+
+
+def _settle(future: Future, result=None, exception: BaseException | None = None) -> None:
+    """Give `future` its result or exception, unless its client has gone: the request's
+    handler cancels it, from another thread, at any moment."""
+    try:
+        if exception is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exception)
+    except InvalidStateError:  # cancelled
+        pass

@@ -32,7 +32,13 @@ from seq2seq.cli import add_precision_options, load_translator
 from seq2seq.ensemble import COMBINE, Ensemble
 from seq2seq.pretrained import CARD_FILE, is_hub_id
 from seq2seq.serve.app import create_app
-from seq2seq.serve.batcher import MAX_BATCH_TOKENS, MAX_QUEUE, MAX_WAIT_MS, DynamicBatcher
+from seq2seq.serve.batcher import (
+    MAX_BATCH_TOKENS,
+    MAX_QUEUE,
+    MAX_WAIT_MS,
+    MOST_WAIT_MS,
+    DynamicBatcher,
+)
 from seq2seq.serve.schema import Limits
 from seq2seq.translator import Translator
 
@@ -47,6 +53,13 @@ def _port(value: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a port number, got {value!r}") from None
     if not 0 <= number <= 65535:
         raise argparse.ArgumentTypeError(f"must be from 0 to 65535, got {number}")
+    return number
+
+
+def _wait_ms(value: str) -> float:
+    number = non_negative_float(value)
+    if number > MOST_WAIT_MS:
+        raise argparse.ArgumentTypeError(f"must be at most {MOST_WAIT_MS:g}, got {value}")
     return number
 
 
@@ -88,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="source pieces times beam size decoded together at most (1: a sentence at a time)",
     )
     batching.add_argument(
-        "--max-wait-ms", type=non_negative_float, default=MAX_WAIT_MS,
+        "--max-wait-ms", type=_wait_ms, default=MAX_WAIT_MS,
         help="how long the oldest request waits for others to join its batch",
     )
     batching.add_argument(
