@@ -80,3 +80,25 @@ def test_bad_options_are_one_line_before_any_work(args, words, capsys):
     assert exit_.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("seq2seq-benchmark: error: ") and words in line, line
+
+
+@pytest.mark.parametrize(
+    ("options", "status", "words"),
+    [
+        (["--model.nope", "3"], 2, "unrecognized arguments: --model.nope 3"),
+        (["--trainer.max_steps", "x"], 2, 'key "trainer.max_steps": Expected a <class \'int\'>'),
+        (["--data.data_dir", "{tmp}/no-such-dir"], 1, "no such file or directory: {tmp}/no-such"),
+    ],
+)
+def test_bad_training_options_or_data_are_one_line(tmp_path, options, status, words):
+    # Passed on to the training CLI's parser; its errors, and the corpus's, as seq2seq-train's.
+    command = [
+        sys.executable, str(REPO / "scripts" / "benchmark.py"), "--config",
+        str(REPO / "configs" / "tiny.yaml"), "--seconds", "1",
+        *(option.format(tmp=tmp_path) for option in options),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    last = done.stderr.splitlines()[-1]
+    assert done.returncode == status and done.stdout == "", done.stderr[-3000:]
+    assert last.startswith("seq2seq-benchmark: error: "), last
+    assert words.format(tmp=tmp_path) in last, last

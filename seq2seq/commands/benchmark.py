@@ -45,17 +45,19 @@ import sys
 import tempfile
 import time
 import warnings
+from argparse import ArgumentError
 from datetime import datetime, timezone
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from seq2seq.arguments import OneLineErrorParser, positive_float, positive_int
 from seq2seq.cli import add_precision_options, check_precision, set_precision
-from seq2seq.commands.train import CONFIGS, DEFAULT_CONFIG, TrainCLI
+from seq2seq.commands.train import CONFIGS, DEFAULT_CONFIG, TrainCLI, fail
 from seq2seq.data.batching import Batch
-from seq2seq.data.corpus import read_lines
+from seq2seq.data.corpus import CorpusError, read_lines
 from seq2seq.data.datamodule import BUNDLED_MULTI30K, TranslationDataModule
 from seq2seq.search import MAX_LEN_A, MAX_LEN_B
 from seq2seq.special_tokens import PAD_ID
@@ -63,6 +65,7 @@ from seq2seq.training import TranslationModule
 from seq2seq.translator import BATCH_SIZE, Translator
 
 MULTI30K_TEST = BUNDLED_MULTI30K / "test_2016_flickr.de.gz"
+PROG = "seq2seq-benchmark"
 PEER_CONFIG = CONFIGS / "bench_peer.yaml"
 
 # The peers' corpus shape (make_reverse_corpus.py): words, lengths, split sizes.
@@ -76,7 +79,7 @@ PEER_FIXED_LEN = 30  # the peers' fixed30 rows: EOS blocked, exactly 30 tokens
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     """-> this script's options, and the rest: training options for the config parser."""
-    parser = OneLineErrorParser(prog="seq2seq-benchmark", description=__doc__.split("\n")[0])
+    parser = OneLineErrorParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="a training yaml")
     parser.add_argument(
         "--peer", nargs="?", const="onmt", choices=sorted(PEER_ENCODER_PER_DIRECTION),
@@ -204,11 +207,15 @@ def peak_matmul_flops(
 # ----------------------------------------------------------------------------- configurations
 def parse_config(options: list[str]):
     """The training CLI's parser over `options` (`--config ...` and overrides) -> the parsed
-    config, the module and the data module, built exactly as `seq2seq-train` builds them."""
-    cli = TrainCLI(
-        TranslationModule, TranslationDataModule, args=options, run=False,
-        parser_kwargs={"exit_on_error": False},
-    )
+    config, the module and the data module, built exactly as `seq2seq-train` builds them. A bad
+    key or value is one error line naming it, and exit status 2, as in `seq2seq-train`."""
+    try:
+        cli = TrainCLI(
+            TranslationModule, TranslationDataModule, args=options, run=False,
+            parser_kwargs={"exit_on_error": False},
+        )
+    except (ArgumentError, ValueError, MisconfigurationException) as e:
+        fail(e, 2, PROG)
     return cli.config, cli.model, cli.datamodule
 
 
@@ -363,7 +370,10 @@ def train(options: list[str], args: argparse.Namespace, root: Path):
         callbacks=[timer] + ([profiler] if profiler else []),
     )
     with contextlib.redirect_stdout(sys.stderr):  # stdout is for the table and the JSON
-        trainer.fit(module, datamodule=datamodule)
+        try:
+            trainer.fit(module, datamodule=datamodule)
+        except CorpusError as e:  # a file of --data.data_dir missing or unreadable
+            fail(e, 1, PROG)
     if timer.timed_steps == 0:
         raise SystemExit("benchmark: training ended before any step was timed")
     profile = profiler.summary if profiler else None

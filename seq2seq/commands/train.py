@@ -232,9 +232,10 @@ def check_resumable(path: Path, module: TranslationModule) -> None:
     )
 
 
-def fail(error: Exception, status: int) -> NoReturn:
+def fail(error: Exception, status: int, prog: str = "") -> NoReturn:
+    """stderr ends with one line `error: ...` (`prog: error: ...` when named); exit `status`."""
     message = " ".join(str(error).split())  # jsonargparse's messages span several lines
-    print(f"error: {message}", file=sys.stderr)
+    print(f"{prog}: error: {message}" if prog else f"error: {message}", file=sys.stderr)
     sys.exit(status)
 
 
