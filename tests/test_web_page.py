@@ -204,3 +204,77 @@ def test_an_answer_overtaken_by_a_newer_request_is_dropped(server, browser):
     time.sleep(3)  # the held-back answer arrives
     assert shown(browser) == newer
 
+
+
+def _translations(browser) -> list[tuple[str, str]]:
+    """(the number the list shows, the text) of each translation on the page."""
+    return [
+        (li.get_attribute("value"), li.text)
+        for li in browser.find_elements(By.CSS_SELECTOR, "#translations li")
+    ]
+
+
+def test_blank_lines_keep_the_numbers_of_the_lines_after_them(server, browser):
+    text = [SENTENCE, "", "   ", "Zwei Hunde spielen im Schnee."]
+    expected = httpx.post(
+        f"{server.url}/v1/translate", json={"text": [text[0], text[3]]}
+    ).json()["translations"]
+    browser.get(server.url + "/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "languages"), "de → en"))
+    browser.find_element(By.ID, "source").send_keys("\n".join(text))
+    browser.find_element(By.ID, "translate").click()
+    wait.until(lambda b: _translations(b) == [
+        ("1", expected[0]["text"]), ("4", expected[1]["text"])
+    ])
+
+
+@pytest.mark.parametrize("typed", ["123456789012345678901234567", "-0042"])
+def test_a_seed_of_any_size_is_sent_as_typed(server, browser, typed):
+    # Number() would round the first to 123456789012345680000000000, sent as 1.2345678901234568e+26
+    expected = httpx.post(
+        f"{server.url}/v1/translate",
+        json={"text": [SENTENCE], "sampling": True, "seed": int(typed)},
+    ).json()["translations"][0]["text"]
+    browser.get(server.url + "/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "languages"), "de → en"))
+    browser.find_element(By.ID, "source").send_keys(SENTENCE)
+    browser.find_element(By.ID, "sample").click()
+    seed = browser.find_element(By.ID, "seed")
+    seed.clear()
+    seed.send_keys(typed)
+    browser.find_element(By.ID, "translate").click()
+    wait.until(lambda b: _translations(b) == [("1", expected)])
+
+
+def test_a_seed_that_is_no_whole_number_is_named(server, browser):
+    browser.get(server.url + "/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "languages"), "de → en"))
+    browser.find_element(By.ID, "source").send_keys(SENTENCE)
+    browser.find_element(By.ID, "sample").click()
+    seed = browser.find_element(By.ID, "seed")
+    seed.clear()
+    seed.send_keys("1e21")
+    browser.find_element(By.ID, "translate").click()
+    error = wait.until(ec.visibility_of_element_located((By.ID, "error")))
+    assert error.text == 'seed: must be a whole number, got "1e21"'
+    assert browser.find_element(By.ID, "translate").is_enabled()
+
+
+def test_a_sample_box_restored_checked_disables_the_search_options(server, browser):
+    # Going back to the page, the browser loads it again and restores its form as it was left
+    # (an unload handler keeps it out of the back/forward cache, which would keep the script's
+    # state too).
+    browser.get(server.url + "/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "languages"), "de → en"))
+    browser.execute_script('window.addEventListener("unload", () => {})')
+    browser.find_element(By.ID, "sample").click()
+    browser.get(server.url + "/health")
+    browser.back()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "languages"), "de → en"))
+    assert browser.find_element(By.ID, "sample").is_selected()
+    assert not browser.find_element(By.ID, "beam").is_enabled()
+    assert browser.find_element(By.ID, "seed").is_enabled()

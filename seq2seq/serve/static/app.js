@@ -3,7 +3,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-let results = [];  // the last response's translations, one per source line
+let results = [];  // the last response's translations, one per source line that is not blank
+let numbers = [];  // those lines' numbers in the text (from 1): the list numbers them so
 let given = "";  // the prefix they were asked to begin with ("" for none)
 let latest = 0;  // the newest request's number: an older one's answer, arriving late, is dropped
 const PAUSE_MS = 250;  // typing a prefix translates again once the typing pauses this long
@@ -21,8 +22,10 @@ async function loadModel() {
 async function translate(event) {
   if (event) event.preventDefault();
   clearTimeout(typing);
-  const lines = $("source").value.split("\n").filter((line) => line.trim() !== "");
-  if (lines.length === 0) return;
+  const text = $("source").value.split("\n");
+  const sent = [...text.keys()].filter((i) => text[i].trim() !== "");  // blank lines: no request
+  if (sent.length === 0) return;
+  const lines = sent.map((i) => text[i]);
   const request = ++latest;
   const prefix = prefixes(lines.length);
   $("translate").disabled = true;
@@ -43,6 +46,7 @@ async function translate(event) {
     if (!response.ok) throw new Error(body.error || response.statusText);
     $("error").hidden = true;
     results = body.translations;
+    numbers = sent.map((i) => i + 1);
     given = prefix.prefix ? prefix.prefix[0].trim() : "";
     showTranslations();
     choose(0);
@@ -65,8 +69,17 @@ function typed() {
 // Sampling draws one translation a sentence: beam size and n-best do not apply to it (the
 // service refuses them), the seed only to it.
 function searchOptions() {
-  if ($("sample").checked) return {sampling: true, seed: Number($("seed").value)};
+  if ($("sample").checked) return {sampling: true, seed: seed()};
   return {beam_size: Number($("beam").value), nbest: Number($("nbest").value)};
+}
+
+// The seed as typed, every digit of it: the service takes any integer, where Number() would
+// round one past 2**53 and JSON.stringify would write 1e21 as 1e+21, which is no integer.
+function seed() {
+  const typed = $("seed").value.trim();
+  if (!/^-?\d+$/.test(typed)) throw new Error(`seed: must be a whole number, got "${typed}"`);
+  const digits = BigInt(typed).toString();  // "007" is no JSON number
+  return JSON.rawJSON ? JSON.rawJSON(digits) : Number(digits);
 }
 
 // What the translator typed as the translation's beginning, for every line; the model
@@ -88,6 +101,7 @@ function showTranslations() {
   list.replaceChildren();
   results.forEach((result, i) => {
     const item = document.createElement("li");
+    item.value = numbers[i];
     // The typed beginning in grey, the model's completion after it.
     const typed = given && result.text.startsWith(given) ? given : "";
     if (typed) {
@@ -160,6 +174,9 @@ function label(text, kind) {
 $("form").addEventListener("submit", translate);
 $("prefix").addEventListener("input", typed);
 $("sample").addEventListener("change", showSampling);
+// Going back (or reloading), a browser may restore the box checked after this script has run;
+// "pageshow" comes after that.
+window.addEventListener("pageshow", showSampling);
 loadModel().catch((error) => {
   $("error").textContent = `cannot reach the service: ${error.message}`;
   $("error").hidden = false;
