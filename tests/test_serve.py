@@ -388,6 +388,10 @@ def test_other_paths_answer_json_errors(client):
     assert client.get("/v1/translate").json() == {"error": "Method Not Allowed"}
     assert client.get("/nothing").status_code == 404
     assert client.get("/nothing").json() == {"error": "Not Found"}
+    for path in ("/", "/health", "/v1/models", "/static/app.js", "/openapi.json"):  # curl -I
+        head = client.head(path)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-type"] == client.get(path).headers["content-type"]
 
 
 def test_models_health_page_schema(client):

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
@@ -321,5 +322,9 @@ def create_app(batcher: DynamicBatcher, models: dict, limits: Limits) -> FastAPI
     async def page():
         return FileResponse(STATIC / "index.html")
 
+    # HEAD, which monitors and `curl -I` send, as Starlette's own routes (the schema, /static)
+    # answer it: FastAPI's answer 405 otherwise. Kept out of the schema, as GET's twin.
+    for route in [r for r in app.routes if isinstance(r, APIRoute) and "GET" in r.methods]:
+        app.add_api_route(route.path, route.endpoint, methods=["HEAD"], include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
