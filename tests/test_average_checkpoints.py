@@ -109,6 +109,18 @@ def test_usage_errors_are_one_line(script, tmp_path, capsys):
     )
 
 
+def test_an_output_that_is_a_folder_is_refused_first(script, checkpoints, tmp_path, capsys):
+    # It named the temporary file it could not move over the folder, after the averaging.
+    with pytest.raises(SystemExit) as exit_:
+        script.main([str(checkpoints[0]), str(checkpoints[1]), "--output", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        f"seq2seq-average: error: --output {tmp_path}: a folder, not a file "
+        "(see seq2seq-average --help)\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def _as_training_checkpoint(source: Path, target: Path, step: int) -> None:
     """What Lightning writes: the same two keys, plus the step and training state."""
     checkpoint = torch.load(source, weights_only=True)

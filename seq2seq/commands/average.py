@@ -28,6 +28,7 @@ from seq2seq.checkpoint import (
     read_step,
     save_model,
 )
+from seq2seq.cli import check_output
 
 PROG = "seq2seq-average"  # its console script's name, in every message
 
@@ -109,6 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("give either checkpoint files or --last N --dir DIR")
     if (args.last is None) != (args.dir is None):
         parser.error("--last and --dir go together")
+    check_output(parser, args.output)
     return args
 
 
