@@ -10,7 +10,7 @@ import torch
 from seq2seq.checkpoint import LoadedModel, load_model
 from seq2seq.completion import Tails
 from seq2seq.data.batching import pad, source_tensors, target_tensor
-from seq2seq.data.corpus import clean
+from seq2seq.data.corpus import clean, ends_in_space
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.ensemble import Ensemble, load_ensemble
 from seq2seq.model import Seq2Seq
@@ -252,7 +252,7 @@ class Translator:
             if len(prefix) > max_len:
                 raise PrefixError(i, f"{len(prefix)} pieces; at most {max_len}")
         return [
-            self.tgt_tokenizer.split_prefix(prefix, ends_word=raw[-1:].isspace())
+            self.tgt_tokenizer.split_prefix(prefix, ends_word=ends_in_space(raw))
             for raw, prefix in zip(prefixes, ids, strict=True)
         ]
 

@@ -157,6 +157,15 @@ def test_translator_prefixes(decoding_model, decoding_tokenizer, decoding_val_so
     for nbest, start in zip(translator.translate(texts, sampling=True, prefixes=own), own,
                             strict=True):
         assert nbest[0].text.startswith(start)
+    # A space typed then a control character (dropped as in any text) still ends the word.
+    for ended in ("Two dogs ", "Two dogs \x00", "Two dogs\t\x7f\x1b"):
+        assert translator.prefix_steps([ended]) == translator.prefix_steps(["Two dogs "])
+        assert [r.text for r in translator.translate(texts[:1], beam_size=3, nbest=3,
+                                                     prefixes=[ended])[0]] == [
+            r.text for r in translator.translate(texts[:1], beam_size=3, nbest=3,
+                                                 prefixes=["Two dogs "])[0]
+        ]
+    assert translator.prefix_steps(["Two dogs\x00"]) != translator.prefix_steps(["Two dogs "])
     # An empty source gets the empty result, prefix or not.
     assert translator.translate([""], prefixes=["A"])[0][0].text == ""
 

@@ -50,6 +50,12 @@ def clean(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip()
 
 
+def ends_in_space(text: str) -> bool:
+    """Whether `text` ends in whitespace once `clean` has dropped its control characters: a
+    typed prefix that does has ended its last word, which is then not completed."""
+    return _CONTROL.sub("", text)[-1:].isspace()
+
+
 def split_lines(data: bytes) -> list[bytes]:
     """The one line rule of every reader (corpora, `seq2seq-decode`, `translate`): "\\n", "\\r\\n"
     and a lone "\\r" end a line, and the last line end closes the last line."""
