@@ -229,13 +229,8 @@ def test_blank_lines_keep_the_numbers_of_the_lines_after_them(server, browser):
     ])
 
 
-@pytest.mark.parametrize("typed", ["123456789012345678901234567", "-0042"])
-def test_a_seed_of_any_size_is_sent_as_typed(server, browser, typed):
-    # Number() would round the first to 123456789012345680000000000, sent as 1.2345678901234568e+26
-    expected = httpx.post(
-        f"{server.url}/v1/translate",
-        json={"text": [SENTENCE], "sampling": True, "seed": int(typed)},
-    ).json()["translations"][0]["text"]
+def _sample_with_seed(server, browser, typed: str) -> WebDriverWait:
+    """Translate SENTENCE in the page by sampling, the seed typed as given."""
     browser.get(server.url + "/")
     wait = WebDriverWait(browser, 30)
     wait.until(ec.text_to_be_present_in_element((By.ID, "languages"), "de → en"))
@@ -245,19 +240,22 @@ def test_a_seed_of_any_size_is_sent_as_typed(server, browser, typed):
     seed.clear()
     seed.send_keys(typed)
     browser.find_element(By.ID, "translate").click()
+    return wait
+
+
+@pytest.mark.parametrize("typed", ["123456789012345678901234567", "-0042"])
+def test_a_seed_of_any_size_is_sent_as_typed(server, browser, typed):
+    # Number() would round the first to 123456789012345680000000000, sent as 1.2345678901234568e+26
+    expected = httpx.post(
+        f"{server.url}/v1/translate",
+        json={"text": [SENTENCE], "sampling": True, "seed": int(typed)},
+    ).json()["translations"][0]["text"]
+    wait = _sample_with_seed(server, browser, typed)
     wait.until(lambda b: _translations(b) == [("1", expected)])
 
 
 def test_a_seed_that_is_no_whole_number_is_named(server, browser):
-    browser.get(server.url + "/")
-    wait = WebDriverWait(browser, 30)
-    wait.until(ec.text_to_be_present_in_element((By.ID, "languages"), "de → en"))
-    browser.find_element(By.ID, "source").send_keys(SENTENCE)
-    browser.find_element(By.ID, "sample").click()
-    seed = browser.find_element(By.ID, "seed")
-    seed.clear()
-    seed.send_keys("1e21")
-    browser.find_element(By.ID, "translate").click()
+    wait = _sample_with_seed(server, browser, "1e21")
     error = wait.until(ec.visibility_of_element_located((By.ID, "error")))
     assert error.text == 'seed: must be a whole number, got "1e21"'
     assert browser.find_element(By.ID, "translate").is_enabled()
