@@ -43,6 +43,17 @@ def test_benchmark_reports_every_key_for_a_config():
     assert result["decode_precision"] == "float32"
 
 
+def test_profiling_is_over_before_the_timed_steps_start(tmp_path):
+    """The profile's summary takes seconds on a GPU: it once landed inside the timed window and
+    cut the reported tokens/s ninefold."""
+    args, training_options = benchmark.parse_args(
+        ["--config", "configs/tiny.yaml", "--profile", "2", "--warmup-steps", "1", "--seconds", "1"]
+    )
+    options = benchmark.config_options(args, training_options, None)
+    _, _, timer, profiler, _, _ = benchmark.train(options, args, tmp_path)
+    assert profiler.summary and profiler.summarised_at < timer.start
+
+
 def test_benchmark_peer_mode_has_one_piece_per_word_and_fixed_length_rows():
     result = run_benchmark("--peer", "--bf16")
     assert KEYS <= result.keys()

@@ -312,6 +312,7 @@ class StepProfiler(L.Callback):
         self.seen = self.decoder_steps = 0
         self.profiler: torch.profiler.profile | None = None
         self.summary: dict | None = None
+        self.summarised_at: float | None = None  # time.perf_counter() when the summary was made
 
     def on_train_batch_start(self, trainer, pl_module, batch: Batch, batch_idx) -> None:
         self.seen += 1
@@ -342,11 +343,12 @@ class StepProfiler(L.Callback):
                 for e in top
             ],
         }
+        self.summarised_at = time.perf_counter()
 
 
 def train(options: list[str], args: argparse.Namespace, root: Path):
     """Trains the parsed config until the timer stops it
-    -> (module, datamodule, timer, profile summary or None, precision, rank)."""
+    -> (module, datamodule, timer, StepProfiler or None, precision, rank)."""
     config, module, datamodule = parse_config(options)
     L.seed_everything(config.seed_everything, verbose=False)
     # A profiled step runs slower: profiling comes right after warm-up, before the timed steps.
@@ -367,7 +369,9 @@ def train(options: list[str], args: argparse.Namespace, root: Path):
         enable_model_summary=False,
         use_distributed_sampler=False,
         default_root_dir=root,
-        callbacks=[timer] + ([profiler] if profiler else []),
+        # The profiler first: its summary, made at the end of the last profiled step, takes
+        # seconds on a GPU, and must be over before the timer starts at the end of that step.
+        callbacks=([profiler] if profiler else []) + [timer],
     )
     with contextlib.redirect_stdout(sys.stderr):  # stdout is for the table and the JSON
         try:
@@ -376,8 +380,7 @@ def train(options: list[str], args: argparse.Namespace, root: Path):
             fail(e, 1, PROG)
     if timer.timed_steps == 0:
         raise SystemExit("benchmark: training ended before any step was timed")
-    profile = profiler.summary if profiler else None
-    return module, datamodule, timer, profile, str(config.trainer.precision), trainer.global_rank
+    return module, datamodule, timer, profiler, str(config.trainer.precision), trainer.global_rank
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -448,7 +451,7 @@ def run(args: argparse.Namespace, training_options: list[str]) -> dict | None:
             name = str(args.config)
         options = config_options(args, training_options, corpus)
         log(f"training {name}: {args.warmup_steps} warm-up steps + {args.seconds:g} s")
-        module, datamodule, timer, profile, precision, rank = train(options, args, root / "run")
+        module, datamodule, timer, profiler, precision, rank = train(options, args, root / "run")
     if rank != 0:
         return None
     gpu = args.accelerator == "gpu"
@@ -505,8 +508,8 @@ def run(args: argparse.Namespace, training_options: list[str]) -> dict | None:
         result[f"{name}_sents_per_s"] = figures["sents_per_s"]
         result[f"{name}_tokens_per_s"] = figures["tokens_per_s"]
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    if profile:
-        result["profile"] = profile
+    if profiler:
+        result["profile"] = profiler.summary
     return result
 
 
