@@ -95,6 +95,30 @@ def test_fine_tunes_a_checkpoint(tmp_path, decoding_checkpoint, decoding_val_sou
     assert texts[last_checkpoint(tmp_path)] == texts[decoding_checkpoint]
 
 
+def test_fine_tuning_changes_the_recurrent_dropout(
+    tmp_path, decoding_checkpoint, decoding_val_sources, capsys
+):
+    """The fixture's LSTM has no recurrent dropout, so it runs fused (nn.LSTM, nn.LSTMCell); with
+    some it runs written-out layers, whose weights are laid out otherwise: the model's load into
+    them and translate as before. A resume keeps the layout: 0.2 may become 0.3, not 0."""
+    fine_tune(tmp_path, decoding_checkpoint, "--model.recurrent_dropout", "0.2")
+    tuned = last_checkpoint(tmp_path)
+    assert load_model(tuned).model.config.recurrent_dropout == 0.2
+    sources = decoding_val_sources[:20]
+    texts = {
+        path: [n[0].text for n in Translator.from_checkpoint(path).translate(sources)]
+        for path in (decoding_checkpoint, tuned)
+    }
+    assert texts[tuned] == texts[decoding_checkpoint]
+    resume = ("--trainer.max_steps", "4", "--ckpt_path", "last")
+    fine_tune(tmp_path, decoding_checkpoint, "--model.recurrent_dropout", "0.3", *resume)
+    assert load_model(last_checkpoint(tmp_path)).model.config.recurrent_dropout == 0.3
+    with pytest.raises(SystemExit) as stop:
+        fine_tune(tmp_path, decoding_checkpoint, "--model.recurrent_dropout", "0", *resume)
+    assert stop.value.code == 2
+    assert "(model.recurrent_dropout: 0.3 in it, 0.0 here)" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, decoding_checkpoint) -> Path:
     path = tmp_path_factory.mktemp("finetune") / "tiny-de-en"

@@ -261,3 +261,60 @@ class CellLayer(nn.Module):
         if reverse:
             outputs.reverse()
         return torch.stack(outputs, dim=1), state
+
+
+# The names of one layer's weights in PyTorch's fused nn.LSTM / nn.GRU (each with a suffix
+# _l{layer}[_reverse]) and nn.LSTMCell, and in a `CellLayer` of the same cell.
+FUSED_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+LAYER_WEIGHTS = {
+    "lstm": ("weight_ih", "weight_hh", "bias"),
+    "gru": ("weight_ih", "weight_hh", "bias", "cell.bias_hn"),
+}
+
+
+def _fused_to_layer(cell: str, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """PyTorch's layer adds b_ih and b_hh to the gates; a `CellLayer` adds its one b, the same
+    function with b = b_ih + b_hh. But the GRU's b_hn sits inside r * (W_hn h + b_hn): that part
+    of b_hh is the cell's bias_hn, not part of b."""
+    bias_ih, bias_hh = weights["bias_ih"], weights["bias_hh"]
+    layer = {"weight_ih": weights["weight_ih"], "weight_hh": weights["weight_hh"]}
+    if cell == "gru":
+        b_hr_hz, b_hn = bias_hh.split([2 * bias_hh.size(0) // 3, bias_hh.size(0) // 3])
+        bias = bias_ih + torch.cat([b_hr_hz, torch.zeros_like(b_hn)])
+        return layer | {"bias": bias, "cell.bias_hn": b_hn}
+    return layer | {"bias": bias_ih + bias_hh}
+
+
+def _layer_to_fused(cell: str, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `_fused_to_layer`: b_ih = b, and b_hh zero but for the GRU's b_hn."""
+    bias = weights["bias"]
+    bias_hh = torch.zeros_like(bias)
+    if cell == "gru":
+        bias_hh = torch.cat([bias_hh[: 2 * bias.size(0) // 3], weights["cell.bias_hn"]])
+    return {
+        "weight_ih": weights["weight_ih"],
+        "weight_hh": weights["weight_hh"],
+        "bias_ih": bias,
+        "bias_hh": bias_hh,
+    }
+
+
+def load_other_layout(
+    state_dict: dict, cell: str, fused_keys: dict[str, str], layer_keys: dict[str, str],
+    fused_here: bool,
+) -> None:
+    """Rewrite one layer's weights in `state_dict`, in place, from the other layout to this
+    module's: PyTorch's fused layer (`fused_keys`: FUSED_WEIGHTS -> state_dict key) where
+    `fused_here`, else a `CellLayer` (`layer_keys`: LAYER_WEIGHTS[cell] -> key). The LSTM and
+    the GRU run fused only without recurrent dropout, and fine-tuning may change that dropout:
+    the same weights, laid out either way, compute the same function. A state_dict that holds
+    neither layout's keys is left alone, for load_state_dict to name what is missing."""
+    source, target = (layer_keys, fused_keys) if fused_here else (fused_keys, layer_keys)
+    # nn.LSTMCell and a decoder's CellLayer share the weights' keys: only the biases tell.
+    if any(key not in state_dict for key in source.values()) or any(
+        key in state_dict for key in set(target.values()) - set(source.values())
+    ):
+        return
+    weights = {name: state_dict.pop(key) for name, key in source.items()}
+    converted = _layer_to_fused(cell, weights) if fused_here else _fused_to_layer(cell, weights)
+    state_dict.update({target[name]: tensor for name, tensor in converted.items()})

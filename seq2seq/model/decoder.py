@@ -17,8 +17,11 @@ from torch import nn
 
 from seq2seq.model.attention import BahdanauAttention
 from seq2seq.model.cells import (
+    FUSED_WEIGHTS,
+    LAYER_WEIGHTS,
     CellLayer,
     State,
+    load_other_layout,
     make_cell,
     recurrent_dropout_mask,
 )
@@ -80,6 +83,8 @@ class DecoderLSTM(nn.Module):
         for upper in self.upper_layers:
             if isinstance(upper, nn.LSTMCell):
                 self.cell.add_forget_bias(upper.bias_ih, forget_bias)
+        if cell == "lstm":
+            self.register_load_state_dict_pre_hook(_load_either_layout)
         self.layer_dropout = nn.Dropout(dropout)
 
         self.readout = nn.Linear(hidden_size + encoder_size + emb_size, emb_size)
@@ -184,3 +189,16 @@ class DecoderLSTM(nn.Module):
         states, context, alphas = self._step(emb_gates, self._unstack(state), memory, no_masks)
         logits = self._logits(states[-1][0], context, embedded)
         return logits, self._stack(states), alphas
+
+
+def _load_either_layout(module: DecoderLSTM, state_dict: dict, prefix: str, *_) -> None:
+    """A load_state_dict pre-hook: the LSTM's upper layers saved as nn.LSTMCell load into
+    `CellLayer`s and the other way round (`load_other_layout`)."""
+    for index, upper in enumerate(module.upper_layers):
+        load_other_layout(
+            state_dict,
+            "lstm",
+            {name: f"{prefix}upper_layers.{index}.{name}" for name in FUSED_WEIGHTS},
+            {name: f"{prefix}upper_layers.{index}.{name}" for name in LAYER_WEIGHTS["lstm"]},
+            isinstance(upper, nn.LSTMCell),
+        )

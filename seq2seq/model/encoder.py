@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from seq2seq.model.cells import CELLS, CellLayer
+from seq2seq.model.cells import CELLS, FUSED_WEIGHTS, LAYER_WEIGHTS, CellLayer, load_other_layout
 
 FUSED = {"lstm": nn.LSTM, "gru": nn.GRU}  # cells PyTorch runs as one fused recurrence
 
@@ -64,6 +64,8 @@ class EncoderLSTM(nn.Module):
             self.layer_dropout = nn.Dropout(dropout)  # between layers, as nn.LSTM's dropout
         self.output_dropout = nn.Dropout(dropout)
         self.output_size = 2 * hidden_size
+        if cell in FUSED:
+            self.register_load_state_dict_pre_hook(_load_either_layout(cell, num_layers))
 
     def forward(
         self, src: torch.Tensor, src_lengths: torch.Tensor
@@ -114,6 +116,25 @@ class EncoderLSTM(nn.Module):
             backward_outputs, (backward_final, *_) = backward(outputs, mask, reverse=True)
             outputs = torch.cat([forward_outputs, backward_outputs], dim=-1)  # (B, S, 2H)
         return outputs, torch.cat([forward_final, backward_final], dim=-1)
+
+
+def _load_either_layout(cell: str, num_layers: int):
+    """A load_state_dict pre-hook: weights saved fused load into written-out layers and the
+    other way round (`load_other_layout`), one layer and direction at a time."""
+
+    def hook(module: EncoderLSTM, state_dict: dict, prefix: str, *_) -> None:
+        for layer in range(num_layers):
+            for direction, suffix in enumerate(("", "_reverse")):
+                load_other_layout(
+                    state_dict,
+                    cell,
+                    {name: f"{prefix}rnn.{name}_l{layer}{suffix}" for name in FUSED_WEIGHTS},
+                    {name: f"{prefix}layers.{layer}.{direction}.{name}"
+                     for name in LAYER_WEIGHTS[cell]},
+                    module.fused,
+                )
+
+    return hook
 
 
 def _cpu_without_bf16_rnn(embedded: torch.Tensor) -> bool:

@@ -165,6 +165,28 @@ def test_tied_and_shared_embeddings_are_one_tensor():
     assert model.decoder.output_layer.weight is weight
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("saved, loaded", [(0.0, 0.2), (0.2, 0.0)])
+def test_weights_load_across_the_fused_and_written_out_layouts(cell, saved, loaded):
+    """Recurrent dropout 0 runs the LSTM and the GRU fused (nn.LSTM, nn.GRU, nn.LSTMCell), any
+    other as written-out layers: fine-tuning that changes it loads the weights into the other
+    layout, which must then compute what the saved model computed (in eval mode, where the
+    dropout is off), and so must the weights loaded back (fused, b_ih and b_hh come back as
+    their sum and zero)."""
+    model = tiny_model(cell=cell, recurrent_dropout=saved, decoder_layers=3)
+    other = tiny_model(cell=cell, recurrent_dropout=loaded, decoder_layers=3)
+    assert model.state_dict().keys() != other.state_dict().keys()
+    other.load_state_dict(model.state_dict())
+    src, lengths = padded_batch([6, 3], width=6)
+    tgt = torch.randint(4, 50, (2, 5))
+    back = tiny_model(cell=cell, recurrent_dropout=saved, decoder_layers=3)
+    back.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        expected = model(src, lengths, tgt)
+        torch.testing.assert_close(other(src, lengths, tgt), expected)
+        torch.testing.assert_close(back(src, lengths, tgt), expected)
+
+
 @pytest.mark.parametrize(
     "key,value", [("decoder_hidden_size", 0), ("encoder_layers", -1), ("dropout", 1.5)]
 )
