@@ -20,6 +20,8 @@ class TranslationSamples(L.Callback):
     (as text) and their attention heatmaps (as images) to TensorBoard."""
 
     def __init__(self, num_sentences: int = 3):
+        if num_sentences < 1:  # to log none, leave the callback out
+            raise ValueError(f"TranslationSamples.num_sentences must be > 0, got {num_sentences}")
         self.num_sentences = num_sentences
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -44,6 +44,22 @@ CASES = {
     "no validation lines": (["--data.val_lines", "0"], "data.val_lines"),
     "negative loader workers": (["--data.num_workers", "-1"], "data.num_workers"),
     "unknown SentencePiece model type": (["--data.spm_model_type", "foo"], "data.spm_model_type"),
+    "validation every 0 steps": (
+        ["--trainer.val_check_interval", "0"], "trainer.val_check_interval must be above 0"
+    ),
+    "validation every 0 epochs": (
+        ["--trainer.check_val_every_n_epoch", "0"], "trainer.check_val_every_n_epoch"
+    ),
+    "empty model section": ({"model": None}, "model: the section is empty"),
+    "empty data section": ({"data": None}, "data: the section is empty"),
+    "empty trainer section": ({"trainer": None}, "trainer: the section is empty"),
+    "empty data folder": (["--data.data_dir", ""], "data.data_dir is empty"),
+    "empty --init_from": (["--init_from", ""], "--init_from is empty"),
+    "no sample sentences": (
+        {"trainer": {"callbacks": [{"class_path": "seq2seq.callbacks.TranslationSamples",
+                                    "init_args": {"num_sentences": 0}}]}},
+        "TranslationSamples.num_sentences must be > 0",
+    ),
     "no batches to accumulate": (
         ["--trainer.accumulate_grad_batches", "0"], "trainer.accumulate_grad_batches"
     ),
@@ -73,7 +89,10 @@ def _arguments(tmp_path: Path, case: str) -> list[str]:
     # A run that got past configuration would write here, and train for one step only.
     config["trainer"].update(default_root_dir=str(tmp_path / "run"), max_steps=1)
     for section, values in (change.items() if isinstance(change, dict) else []):
-        config[section].update(values)
+        if values is None:  # the section's key with nothing under it
+            config[section] = None
+        else:
+            config[section].update(values)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return ["--config", str(path), *(change if isinstance(change, list) else [])]
@@ -149,6 +168,21 @@ def test_a_weights_only_file_cannot_be_resumed(
         train.main([*arguments, "--ckpt_path", str(decoding_checkpoint)])  # save_model's file
     assert exit_.value.code == 2
     _assert_one_line_naming(capsys.readouterr().err, "weights only, no training state to resume")
+
+
+def test_a_run_resumes_only_in_its_own_languages(tmp_path, train, capsys, monkeypatch):
+    """The checkpoint's tokenizers would read the other language's text without a word."""
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    arguments = _arguments(tmp_path, "hidden size 0")[:2]  # tiny.yaml (de->en), one step
+    train.main([*arguments, "--trainer.enable_progress_bar", "false"])
+    (last,) = (tmp_path / "run").glob("**/last.ckpt")
+    with pytest.raises(SystemExit) as exit_:
+        train.main([*arguments, "--trainer.max_steps", "2", "--ckpt_path", str(last),
+                    "--data.src_lang", "en", "--data.tgt_lang", "de"])
+    assert exit_.value.code == 2
+    _assert_one_line_naming(
+        capsys.readouterr().err, "the model translates de->en, the data is en->de"
+    )
 
 
 def test_bad_config_in_a_real_process(tmp_path):

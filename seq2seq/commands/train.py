@@ -70,6 +70,11 @@ class TrainCLI(LightningCLI):
         )
 
     def instantiate_classes(self) -> None:
+        for section in ("trainer", "model", "data"):
+            if self.config[section] is None:  # `model:` with no keys under it is YAML's null
+                raise ValueError(f"{section}: the section is empty; give it keys or leave it out")
+        if self.config.init_from is not None and not self.config.init_from.strip():
+            raise ValueError("--init_from is empty: give a checkpoint, a model folder or a hub id")
         super().instantiate_classes()
         config = self.model  # the TrainingConfig parsed above
         self.pretrained: LoadedModel | None = None
@@ -126,7 +131,7 @@ def main(args: list[str] | None = None) -> None:
         if ckpt_path == "last":
             ckpt_path = find_last_checkpoint(Path(cli.trainer.default_root_dir))
         if ckpt_path:
-            check_resumable(Path(ckpt_path), cli.model)
+            check_resumable(Path(ckpt_path), cli.model, cli.datamodule)
             # A resumed run tokenizes with the SentencePiece models it was trained with, even
             # if the corpus has changed since: its token ids must keep meaning the same pieces.
             cli.datamodule.use_tokenizers(*read_tokenizers(ckpt_path))
@@ -134,11 +139,7 @@ def main(args: list[str] | None = None) -> None:
                 log_into_version_of(cli.trainer, Path(ckpt_path))
         check_embedding_sharing(cli.model.config, cli.datamodule.joint_vocab)
         check_validation_callbacks(cli.trainer.callbacks)
-        accumulate = cli.trainer.accumulate_grad_batches
-        if accumulate < 1:  # Lightning takes 0 and divides by it at the first batch
-            raise ValueError(
-                f"trainer.accumulate_grad_batches must be at least 1, got {accumulate}"
-            )
+        check_counts(cli.config.trainer)
     except (ArgumentError, ValueError, MisconfigurationException) as e:
         fail(e, status=2)
     # Lightning warns that a mid-epoch resume is unreliable unless the DataLoader has a state;
@@ -162,6 +163,27 @@ def main(args: list[str] | None = None) -> None:
         fail(error, status)
 
 
+def check_counts(trainer) -> None:
+    """Raise ValueError for a count Lightning takes at 0 and divides by once training runs
+    (a ZeroDivisionError traceback after the first step)."""
+    if trainer.accumulate_grad_batches < 1:
+        raise ValueError(
+            f"trainer.accumulate_grad_batches must be at least 1, got "
+            f"{trainer.accumulate_grad_batches}"
+        )
+    interval = trainer.val_check_interval  # steps (int) or a fraction of an epoch (float)
+    if interval is not None and not interval > 0:
+        raise ValueError(
+            f"trainer.val_check_interval must be above 0 (steps, or a fraction of an epoch), "
+            f"got {interval}"
+        )
+    every = trainer.check_val_every_n_epoch  # null: count val_check_interval across epochs
+    if every is not None and every < 1:
+        raise ValueError(
+            f"trainer.check_val_every_n_epoch must be at least 1 (or null), got {every}"
+        )
+
+
 def raised_by_lightning(error: Exception) -> bool:
     """Whether the innermost frame of the error's traceback is in Lightning's trainer package:
     Lightning refusing a setting, not a fault in a model or data module."""
@@ -180,13 +202,7 @@ def start_fine_tuning(
     """Check that the data is in the pretrained model's languages, hand its SentencePiece models
     to the data module (its token ids must keep meaning the same pieces) and say what the
     pretrained model decided over the config."""
-    theirs = f"{pretrained.src_lang}->{pretrained.tgt_lang}"
-    ours = f"{data.hparams.src_lang}->{data.hparams.tgt_lang}"
-    if theirs != ours:
-        raise ValueError(
-            f"--init_from {name}: the model translates {theirs}, the data is {ours} "
-            "(data.src_lang, data.tgt_lang)"
-        )
+    theirs = check_languages(f"--init_from {name}", pretrained.src_lang, pretrained.tgt_lang, data)
     data.use_tokenizers(pretrained.src_tokenizer, pretrained.tgt_tokenizer)
     if rank_zero_only.rank == 0:
         network = "".join(
@@ -200,17 +216,32 @@ def start_fine_tuning(
         )
 
 
-def check_resumable(path: Path, module: TranslationModule) -> None:
+def check_languages(option: str, src_lang: str, tgt_lang: str, data: TranslationDataModule) -> str:
+    """Raise ValueError unless the data is in a model's languages -> "src->tgt"."""
+    theirs = f"{src_lang}->{tgt_lang}"
+    ours = f"{data.hparams.src_lang}->{data.hparams.tgt_lang}"
+    if theirs != ours:
+        raise ValueError(
+            f"{option}: the model translates {theirs}, the data is {ours} "
+            "(data.src_lang, data.tgt_lang)"
+        )
+    return theirs
+
+
+def check_resumable(path: Path, module: TranslationModule, data: TranslationDataModule) -> None:
     """Raise CheckpointError unless the checkpoint's weights fit the configured network (names
     and shapes), naming the model keys that differ: Lightning would list every tensor instead.
-    Settings that leave the weights alone (dropout, the learning rate) may change on resume."""
+    Settings that leave the weights alone (dropout, the learning rate) may change on resume;
+    the languages may not (the checkpoint's tokenizers would read the other language)."""
     checkpoint = read_checkpoint(path, "cpu", mmap=True)
     if "optimizer_states" not in checkpoint:  # save_model's files: averages, conversions
         raise CheckpointError(
             f"--ckpt_path {path}: weights only, no training state to resume; give a last.ckpt "
             "or best-*.ckpt that training wrote"
         )
-    saved, src_vocab_size, tgt_vocab_size = read_model_config(path, checkpoint["seq2seq"])
+    meta = checkpoint["seq2seq"]
+    check_languages(f"--ckpt_path {path}", meta["src_lang"], meta["tgt_lang"], data)
+    saved, src_vocab_size, tgt_vocab_size = read_model_config(path, meta)
     configured = module.config.model_config()
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         network = Seq2Seq(configured, src_vocab_size, tgt_vocab_size)  # the run's vocabularies

@@ -74,6 +74,9 @@ class TranslationDataModule(L.LightningDataModule):
         for key in ("train_lines", "val_lines"):  # None: the whole split
             if locals()[key] is not None and locals()[key] <= 0:
                 raise ValueError(f"data.{key} must be > 0 (or null: all), got {locals()[key]}")
+        for key in ("data_dir", "hf_dataset", "hf_config"):  # "" would read as "not given"
+            if locals()[key] is not None and not str(locals()[key]).strip():
+                raise ValueError(f"data.{key} is empty: give a value, or null for the default")
         if num_workers < 0:  # the DataLoader would refuse it only once the data is read
             raise ValueError(f"data.num_workers must be >= 0 (0: none), got {num_workers}")
         if not max_ratio >= 1:  # a pair's ratio is its longer side over its shorter: >= 1
