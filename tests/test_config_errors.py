@@ -47,6 +47,9 @@ CASES = {
     "validation every 0 steps": (
         ["--trainer.val_check_interval", "0"], "trainer.val_check_interval must be above 0"
     ),
+    "validation inside an accumulation window": (  # tiny.yaml validates every 15 batches
+        ["--trainer.accumulate_grad_batches", "2"], "must be a multiple of"
+    ),
     "validation every 0 epochs": (
         ["--trainer.check_val_every_n_epoch", "0"], "trainer.check_val_every_n_epoch"
     ),

@@ -177,6 +177,14 @@ def check_counts(trainer) -> None:
             f"trainer.val_check_interval must be above 0 (steps, or a fraction of an epoch), "
             f"got {interval}"
         )
+    accumulate = trainer.accumulate_grad_batches
+    if isinstance(interval, int) and interval % accumulate:
+        # last.ckpt is saved after each validation; one inside an accumulation window would
+        # leave out the gradients summed so far, and the resumed run would differ.
+        raise ValueError(
+            f"trainer.val_check_interval ({interval} batches) must be a multiple of "
+            f"trainer.accumulate_grad_batches ({accumulate}), for an exact resume"
+        )
     every = trainer.check_val_every_n_epoch  # null: count val_check_interval across epochs
     if every is not None and every < 1:
         raise ValueError(
