@@ -16,7 +16,7 @@ from seq2seq.checkpoint import LoadedModel, make_payload
 from seq2seq.data.batching import Batch
 from seq2seq.data.datamodule import TranslationTask
 from seq2seq.metrics import bleu
-from seq2seq.model import ModelConfig, Seq2Seq
+from seq2seq.model import DROPOUTS, ModelConfig, Seq2Seq
 from seq2seq.search import MAX_LEN_A, MAX_LEN_B, greedy_search
 from seq2seq.special_tokens import PAD_ID
 
@@ -25,10 +25,6 @@ class NonFiniteLossError(RuntimeError):
     """`max_bad_steps` consecutive batches had a non-finite loss. Their updates were skipped,
     so the weights are still those from before the fault (and are saved to last.ckpt)."""
 
-
-# The network's settings that fine-tuning takes from its config rather than from the model: the
-# dropouts, which leave the weights' shapes and meaning alone.
-FINE_TUNABLE = ("dropout", "embedding_dropout", "recurrent_dropout")
 
 
 @dataclass
@@ -82,7 +78,7 @@ class TrainingConfig(ModelConfig):
         taken = {
             f.name: getattr(network, f.name)
             for f in fields(ModelConfig)
-            if f.name not in FINE_TUNABLE
+            if f.name not in DROPOUTS
         }
         replaced = {k: (getattr(self, k), v) for k, v in taken.items() if getattr(self, k) != v}
         return replace(self, **taken), replaced

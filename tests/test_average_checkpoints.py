@@ -1,6 +1,7 @@
 """scripts/average_checkpoints.py: means of weights, the checks before, and --last N --dir."""
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from seq2seq.checkpoint import CheckpointError, load_model, save_model
 from seq2seq.commands import average
-from seq2seq.model import ModelConfig, Seq2Seq
+from seq2seq.model import DROPOUTS, ModelConfig, Seq2Seq
 from seq2seq.translator import Translator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +86,37 @@ def test_other_config_is_refused(script, checkpoints, tmp_path, decoding_tokeniz
     assert message.startswith("seq2seq-average: error:") and str(other) in message
     assert "model config differs" in message
     assert not output.exists()
+
+
+def test_checkpoints_whose_dropouts_differ_are_averaged(
+    script, decoding_model, decoding_tokenizer, tmp_path, capsys
+):
+    """A resume may change the dropouts: its checkpoints are still one model, averaged with the
+    first's dropouts. Recurrent dropout 0.2 to 0.3 keeps the LSTM's written-out layers; 0 would
+    run it fused, with weights named otherwise: that is another model."""
+    config = decoding_model.config
+    vocab = decoding_tokenizer.vocab_size
+    paths = []
+    for seed, dropouts in enumerate([(0.1, 0.0, 0.2), (0.3, 0.2, 0.3), (0.1, 0.0, 0.0)]):
+        changed = dataclasses.replace(config, **dict(zip(DROPOUTS, dropouts, strict=True)))
+        model = Seq2Seq(changed, vocab, vocab)
+        model.load_state_dict(_nudged(decoding_model, seed).state_dict())
+        paths.append(tmp_path / f"dropouts{seed}.ckpt")
+        save_model(paths[-1], model, decoding_tokenizer, decoding_tokenizer, "de", "en")
+    output = tmp_path / "averaged.ckpt"
+    assert script.main([str(paths[0]), str(paths[1]), "--output", str(output)]) == 0
+    averaged = load_model(output).model
+    assert [getattr(averaged.config, name) for name in DROPOUTS] == [0.1, 0.0, 0.2]
+    a, b = (load_model(p).model for p in paths[:2])
+    name = "decoder.upper_layers.0.weight_hh"
+    expected = (a.get_parameter(name) + b.get_parameter(name)) / 2
+    torch.testing.assert_close(averaged.get_parameter(name), expected, atol=1e-7, rtol=0)
+    capsys.readouterr()
+    assert script.main([str(paths[0]), str(paths[2]), "--output", str(output)]) == 2
+    assert capsys.readouterr().err == (
+        f"seq2seq-average: error: {paths[2]}: model config differs from that of {paths[0]} "
+        "(recurrent_dropout = 0.0, not 0.2)\n"
+    )
 
 
 def test_a_checkpoint_given_twice_is_refused(script, checkpoints, tmp_path, capsys):

@@ -6,8 +6,10 @@
 
 The last few checkpoints of a run sit around one optimum; their mean is usually a little better
 than any of them. The checkpoints (training's or `save_model`'s) must share the model config,
-both SentencePiece models and the languages. Every floating-point tensor is averaged; the output
-is a plain checkpoint that `translate -m` and scripts/decode.py load.
+both SentencePiece models and the languages; only the dropouts may differ (a resume may change
+them), and the output keeps the first checkpoint's (with --last, the oldest's). Every
+floating-point tensor is averaged; the output is a plain checkpoint that `translate -m` and
+scripts/decode.py load.
 """
 
 import argparse
@@ -29,15 +31,20 @@ from seq2seq.checkpoint import (
     save_model,
 )
 from seq2seq.cli import check_output
+from seq2seq.model import DROPOUTS
 
 PROG = "seq2seq-average"  # its console script's name, in every message
 
 
 def _check_same(first_path: Path, first: LoadedModel, path: Path, other: LoadedModel) -> None:
+    """The dropouts may differ (a resume may change them; the average keeps the first
+    checkpoint's), unless recurrent dropout turned an LSTM or GRU between its fused and written-out
+    layouts, whose weights are named otherwise (a resume refuses that: not one run)."""
     check_same_vocabulary(first_path, first, path, other)
     mine, theirs = dataclasses.asdict(first.model.config), dataclasses.asdict(other.model.config)
+    same_layout = first.model.state_dict().keys() == other.model.state_dict().keys()
     for key in mine:
-        if mine[key] != theirs[key]:
+        if mine[key] != theirs[key] and not (key in DROPOUTS and same_layout):
             raise CheckpointError(
                 f"{path}: model config differs from that of {first_path} "
                 f"({key} = {theirs[key]!r}, not {mine[key]!r})"
@@ -45,7 +52,8 @@ def _check_same(first_path: Path, first: LoadedModel, path: Path, other: LoadedM
 
 
 def average(paths: Sequence[Path]) -> LoadedModel:
-    """The first checkpoint with every floating-point tensor replaced by the mean over all.
+    """The first checkpoint with every floating-point tensor replaced by the mean over all (and
+    the first checkpoint's config, dropouts included).
 
     Raises CheckpointError (one line naming the file) for a file unusable or unlike the first,
     or given twice (a shell glob that overlaps a name, say), which would weigh it double.

@@ -10,6 +10,10 @@ from dataclasses import dataclass, fields
 
 from seq2seq.model.cells import CELLS
 
+# The fields that leave the weights' shapes and meaning alone: fine-tuning takes them from its
+# config, a resume may change them, and averaging ignores them.
+DROPOUTS = ("dropout", "embedding_dropout", "recurrent_dropout")
+
 
 @dataclass
 class ModelConfig:
