@@ -3,6 +3,7 @@
 import os
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -65,14 +66,18 @@ def readable(texts: list[str]) -> list[str]:
     return [clean(_well_formed(text)) for text in texts]
 
 
-def _cleaned(name: str, texts: list[str], usage: str) -> list[str]:
-    """`readable(texts)`; TypeError naming `name` unless they are a list of str."""
+def _listed(name: str, texts: Iterable[str], usage: str) -> list[str]:
+    """`texts` as a list, read once: a generator read to check it would be empty after.
+    TypeError naming `name` unless they are an iterable of str."""
     if isinstance(texts, str):  # would be read as one sentence per character
         raise TypeError(f"{name}: a list of sentences, got one str ({usage})")
+    if not isinstance(texts, Iterable):
+        raise TypeError(f"{name}: a list of sentences, got {type(texts).__name__} ({usage})")
+    texts = list(texts)
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"{name}[{i}]: a str, got {type(text).__name__}")
-    return readable(texts)
+    return texts
 
 
 def _check_sizes(**sizes: int) -> None:
@@ -165,7 +170,7 @@ class Translator:
 
     def translate(
         self,
-        texts: list[str],
+        texts: Iterable[str],
         beam_size: int = BEAM_SIZE,
         nbest: int = 1,
         length_penalty: float = 1.0,
@@ -178,7 +183,7 @@ class Translator:
         sampling_topk: int = SAMPLING_TOPK,
         temperature: float = TEMPERATURE,
         seed: int = SEED,
-        prefixes: list[str] | None = None,
+        prefixes: Iterable[str] | None = None,
     ) -> list[list[TranslationResult]]:
         """The nbest translations of each text, best first, in input order.
 
@@ -191,18 +196,19 @@ class Translator:
         pieces, its last word is completed by whatever pieces agree with it ("A man ri" may go on
         "A man riding"; a prefix ending in a space completes its last word as typed), and the
         search goes on from there; at most `max_src_len` pieces.
+        `texts` and `prefixes` may be any iterables of str (a list, a generator).
         Raises search.SearchOptionError (a ValueError) for an option out of range, TypeError
-        for texts that are not a list of str, and ValueError for prefixes that do not pair up
-        with the texts or are too long, before any text is translated.
+        for texts that are not an iterable of str, and ValueError for prefixes that do not pair
+        up with the texts or are too long, before any text is translated.
         """
         check_search_options(
             beam_size, nbest, length_penalty, max_len_a, max_len_b, min_len,
             sampling_topk, temperature, seed, sampling,
         )
         _check_sizes(batch_size=batch_size, max_src_len=max_src_len)
-        ids = self.src_tokenizer.encode(_cleaned("texts", texts, "translate([text])"))
+        ids = self.src_tokenizer.encode(readable(_listed("texts", texts, "translate([text])")))
         prefix_parts = self._prefixes(prefixes, len(ids), max_src_len)
-        results = [[empty_result() for _ in range(nbest)] for _ in texts]
+        results = [[empty_result() for _ in range(nbest)] for _ in ids]
         # Similar lengths share a batch, so little of it is padding; longest first, so that a
         # batch too large for memory fails at once rather than at the end.
         order = sorted((i for i, x in enumerate(ids) if x), key=lambda i: -len(ids[i]))
@@ -238,13 +244,14 @@ class Translator:
         return results
 
     def _prefixes(
-        self, prefixes: list[str] | None, count: int, max_len: int
+        self, prefixes: Iterable[str] | None, count: int, max_len: int
     ) -> list[tuple[list[int], bytes]] | None:
         """Each prefix's forced pieces and tail (`Tokenizer.split_prefix`); ValueError naming
         the one that cannot be used."""
         if prefixes is None:
             return None
-        cleaned = _cleaned("prefixes", prefixes, "translate([text], prefixes=[prefix])")
+        prefixes = _listed("prefixes", prefixes, "translate([text], prefixes=[prefix])")
+        cleaned = readable(prefixes)
         if len(cleaned) != count:
             raise ValueError(f"{len(cleaned)} prefixes for {count} texts")
         ids = self.tgt_tokenizer.encode(cleaned)
@@ -264,8 +271,8 @@ class Translator:
 
     def score(
         self,
-        sources: list[str],
-        targets: list[str],
+        sources: Iterable[str],
+        targets: Iterable[str],
         length_penalty: float = 1.0,
         batch_size: int = BATCH_SIZE,
         max_len: int = MAX_SRC_LEN,
@@ -277,13 +284,14 @@ class Translator:
 
         A pair with more than `max_len` pieces on either side is not scored (None): its
         attention alone takes source x target numbers, so the input must be bounded. Raises as
-        `translate` for an option out of range or texts that are not lists of str, and
+        `translate` for an option out of range or texts that are not iterables of str, and
         ValueError for lists of different lengths.
         """
         check_search_options(length_penalty=length_penalty)
         _check_sizes(batch_size=batch_size, max_len=max_len)
-        src_ids = self.src_tokenizer.encode(_cleaned("sources", sources, "score([src], [tgt])"))
-        tgt_ids = self.tgt_tokenizer.encode(_cleaned("targets", targets, "score([src], [tgt])"))
+        sources = readable(_listed("sources", sources, "score([src], [tgt])"))
+        targets = readable(_listed("targets", targets, "score([src], [tgt])"))
+        src_ids, tgt_ids = self.src_tokenizer.encode(sources), self.tgt_tokenizer.encode(targets)
         if len(src_ids) != len(tgt_ids):
             raise ValueError(f"{len(src_ids)} sources but {len(tgt_ids)} targets")
         results: list[TranslationResult | None] = [None] * len(src_ids)

@@ -62,6 +62,23 @@ def test_beam_size_one_is_greedy(translator, decoding_model, decoding_tokenizer)
     assert result.tokens == hyp.tokens and result.score == hyp.score
 
 
+def test_any_iterable_of_sentences_is_read_once(translator, decoding_val_sources):
+    """A generator, a tuple, a map: each translates and scores as its list would (a generator
+    read once to check it would be empty when translated)."""
+    sources = decoding_val_sources[:4]
+    targets = ["A man.", "", "Two dogs run.", "A woman"]
+    expected = [n[0].text for n in translator.translate(sources, prefixes=targets)]
+    got = translator.translate((s for s in sources), prefixes=iter(targets))
+    assert [n[0].text for n in got] == expected
+    assert [n[0].text for n in translator.translate(tuple(sources))] == [
+        n[0].text for n in translator.translate(sources)
+    ]
+    scores = [r.log_prob for r in translator.score(sources, targets)]
+    assert [r.log_prob for r in translator.score(iter(sources), map(str, targets))] == scores
+    with pytest.raises(TypeError, match=r"texts: a list of sentences, got int"):
+        translator.translate(5)
+
+
 def test_from_checkpoint(decoding_checkpoint):
     translator = Translator.from_checkpoint(decoding_checkpoint)
     assert translator.device == torch.device("cpu")
