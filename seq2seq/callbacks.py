@@ -76,6 +76,7 @@ class LastCheckpoint(Checkpoint):
             raise ValueError(f"LastCheckpoint.every_n_steps must be > 0, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self._saved_step = -1
+        self._interrupted_validation = False  # while on_exception saves a stop mid-validation
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         check_validation_callbacks(trainer.callbacks)
@@ -118,7 +119,25 @@ class LastCheckpoint(Checkpoint):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         # After a NonFiniteLossError the weights are sound: the bad batches were skipped.
         if isinstance(exception, KeyboardInterrupt | SIGTERMException | NonFiniteLossError):
-            self.save(trainer)
+            self._interrupted_validation = trainer.validating
+            try:
+                self.save(trainer)
+            finally:
+                self._interrupted_validation = False
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if not self._interrupted_validation:
+            return
+        # Stopped inside a validation, whose BLEU needs every sentence: as saved, Lightning's
+        # loop state reads "validation over" and the resumed run would go on without it (no
+        # val/bleu at this step, no ranking, no scheduler or early-stopping step). Counters of
+        # a batch started but not processed read "stopped mid-validation" instead, and Lightning
+        # then runs the validation again first, from its first batch.
+        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+        started = max(progress["total"]["started"], 1)
+        progress["total"] = {"ready": started, "started": started,
+                             "processed": started - 1, "completed": started - 1}
+        progress["current"] = {"ready": 0, "started": 0, "processed": 0, "completed": 0}
 
 
 def check_validation_callbacks(callbacks: list[L.Callback]) -> None:

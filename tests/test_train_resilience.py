@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from seq2seq.callbacks import LastCheckpoint
@@ -212,6 +213,20 @@ class StopAtStep(L.Callback):
         trainer.should_stop = trainer.should_stop or trainer.global_step >= self.step
 
 
+class SigtermInValidation(L.Callback):
+    """Sends this process SIGTERM (what a cluster sends before preemption) after the first
+    batch of the first validation: Lightning's handler stops the run after that batch."""
+
+    def __init__(self):
+        self.sent = False
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                                dataloader_idx=0):
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def fit_tiny(root: Path, lr_patience: int, *callbacks, ckpt_path=None, **limits) -> dict:
     """The tiny config on 400 sentences (13 steps an epoch), validated once an epoch, with the
     recipes' callbacks; -> the trainer's state when fit returns."""
@@ -303,3 +318,19 @@ def test_a_run_ended_at_an_epoch_end_resumes_into_the_run_it_would_have_been(tmp
     # Each epoch sees every sentence once, in an order of its own.
     first, *others = straight["epochs"].values()
     assert all(sorted(epoch) == sorted(first) and epoch != first for epoch in others)
+
+
+def test_a_stop_mid_validation_resumes_with_that_validation(tmp_path):
+    # lr_patience 0: a validation lost in the resume would leave the scheduler a step behind.
+    straight = fit_tiny(tmp_path / "straight", 0, max_epochs=2)
+    with pytest.raises(SIGTERMException):
+        fit_tiny(tmp_path / "stopped", 0, SigtermInValidation(), max_epochs=2)
+    assert saved_state(tmp_path / "stopped")["step"] == 13  # the first validation's step
+    resumed = fit_tiny(tmp_path / "stopped", 0, ckpt_path="last", max_epochs=2)
+    assert resumed["step"] == straight["step"] == 26
+    for key in ("best", "wait", "best_score", "scheduler", "lr"):
+        assert resumed[key] == straight[key], key
+    assert best_files(tmp_path / "stopped") == best_files(tmp_path / "straight")
+    assert sorted(resumed["loss"]) == list(range(14, 27))
+    for step, loss in resumed["loss"].items():
+        assert loss == pytest.approx(straight["loss"][step], abs=1e-6), step
