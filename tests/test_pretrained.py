@@ -189,6 +189,21 @@ BAD_FOLDERS = {
         CONFIG_FILE,
         "bad model config",
     ),
+    "config past what a tensor size holds": (  # was a TypeError traceback from PyTorch
+        lambda p: _edit_config(p, lambda c: c["model_config"].update(attention_size=2**64)),
+        CONFIG_FILE,
+        "model.attention_size must be at most 2147483647, got 18446744073709551616",
+    ),
+    "a million layers": (  # took hours to build, even on the meta device
+        lambda p: _edit_config(p, lambda c: c["model_config"].update(encoder_layers=10**6)),
+        CONFIG_FILE,
+        "model.encoder_layers must be at most 100, got 1000000",
+    ),
+    "vocab size past what a tensor size holds": (
+        lambda p: _edit_config(p, lambda c: c.update(src_vocab_size=2**63)),
+        CONFIG_FILE,
+        "src_vocab_size must be at most 2147483647, got 9223372036854775808",
+    ),
     "wrong shape": (
         lambda p: _edit_weights(p, lambda w: w.update({"decoder.readout.bias": torch.zeros(3)})),
         WEIGHTS_FILE,

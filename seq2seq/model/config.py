@@ -14,6 +14,20 @@ from seq2seq.model.cells import CELLS
 # config, a resume may change them, and averaging ignores them.
 DROPOUTS = ("dropout", "embedding_dropout", "recurrent_dropout")
 
+# Upper bounds far beyond any model that fits in memory. A config.json may claim anything: a
+# size past 2**63 fails deep inside PyTorch (a TypeError, not a message), and a million layers
+# take hours to build even on the meta device. A SentencePiece id is an int32 anyway.
+MAX_SIZE = 2**31 - 1  # hidden units, embedding, attention, vocabulary
+MAX_LAYERS = 100
+
+
+def check_size(name: str, value, limit: int = MAX_SIZE) -> None:
+    """ValueError naming `name` unless `value` is an int in [1, limit]."""
+    if type(value) is not int or value <= 0:
+        raise ValueError(f"{name} must be an integer > 0, got {value!r}")
+    if value > limit:
+        raise ValueError(f"{name} must be at most {limit}, got {value!r}")
+
 
 @dataclass
 class ModelConfig:
@@ -34,8 +48,9 @@ class ModelConfig:
     def __post_init__(self):
         for f in fields(ModelConfig):  # a subclass checks its own fields
             value = getattr(self, f.name)
-            if f.type is int and (type(value) is not int or value <= 0):
-                raise ValueError(f"model.{f.name} must be an integer > 0, got {value!r}")
+            if f.type is int:
+                check_size(f"model.{f.name}", value,
+                           MAX_LAYERS if f.name.endswith("_layers") else MAX_SIZE)
             if f.type is float and f.name != "forget_bias" and not (
                 isinstance(value, (int, float)) and 0.0 <= value < 1.0
             ):

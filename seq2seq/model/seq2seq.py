@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from seq2seq.model.cells import CELLS
-from seq2seq.model.config import ModelConfig
+from seq2seq.model.config import ModelConfig, check_size
 from seq2seq.model.decoder import DecoderLSTM, DecoderState, EncoderMemory
 from seq2seq.model.encoder import EncoderLSTM
 from seq2seq.special_tokens import PAD_ID
@@ -12,8 +12,7 @@ from seq2seq.special_tokens import PAD_ID
 
 def check_vocab_sizes(src_vocab_size: int, tgt_vocab_size: int) -> None:
     for name, size in (("src_vocab_size", src_vocab_size), ("tgt_vocab_size", tgt_vocab_size)):
-        if type(size) is not int or size <= 0:
-            raise ValueError(f"{name} must be an integer > 0, got {size!r}")
+        check_size(name, size)
 
 
 class Seq2Seq(nn.Module):

@@ -188,7 +188,9 @@ def test_weights_load_across_the_fused_and_written_out_layouts(cell, saved, load
 
 
 @pytest.mark.parametrize(
-    "key,value", [("decoder_hidden_size", 0), ("encoder_layers", -1), ("dropout", 1.5)]
+    "key,value",
+    [("decoder_hidden_size", 0), ("encoder_layers", -1), ("dropout", 1.5), ("encoder_layers", 101),
+     ("attention_size", 2**31)],
 )
 def test_impossible_config_values_name_the_key(key, value):
     with pytest.raises(ValueError, match=key):
