@@ -15,7 +15,7 @@ vocabulary can still be spelled.
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import NamedTuple
 
 import torch
@@ -33,12 +33,13 @@ _MEMO_SIZE = 4096
 class Spelling:
     """The bytes each piece of a vocabulary spells, and which pieces can continue a text."""
 
-    def __init__(self, pieces: Sequence[bytes]):
+    def __init__(self, pieces: Sequence[bytes], blocked: Collection[int] = ()):
         """pieces[i]: what piece i spells; b"" for one that spells nothing (PAD, UNK, BOS, EOS),
-        which is never allowed while a tail is left to spell."""
+        which is never allowed while a tail is left to spell, nor is a piece in `blocked`."""
         self.pieces = list(pieces)
         self.lengths = torch.tensor([len(p) for p in pieces], dtype=torch.long)  # (V,)
-        self._sorted = sorted((p, i) for i, p in enumerate(pieces) if p)
+        blocked = set(blocked)
+        self._sorted = sorted((p, i) for i, p in enumerate(pieces) if p and i not in blocked)
         self._keys = [p for p, _ in self._sorted]
         self._memo: dict[bytes, torch.Tensor] = {}
 

@@ -194,12 +194,13 @@ def test_spelling_allows_the_pieces_that_agree_with_what_is_left():
     pieces = [b"", WORD + b"r", WORD + b"ri", WORD + b"riding", b"i", WORD, b" ", WORD + b"x",
               b"ri", b"", WORD + b"ri"]
     spelling = Spelling(pieces)
-    # Those that begin with all of " ri", and those that are a beginning of it (the byte piece
-    # <0x20> too); never one that spells nothing, nor "ri" without the word's start.
+    # Those that begin with all of " ri", and those that are a beginning of it; never one that
+    # spells nothing, nor "ri" without the word's start, nor a blocked one.
     assert spelling.allowed(WORD + b"ri").tolist() == [1, 2, 3, 5, 6, 10]
     assert spelling.allowed(b"i").tolist() == [4]
     assert spelling.allowed(b"q").tolist() == []
     assert spelling.lengths.tolist() == [len(p) for p in pieces]
+    assert Spelling(pieces, blocked=[6]).allowed(WORD + b"ri").tolist() == [1, 2, 3, 5, 10]
 
 
 def test_split_prefix(decoding_tokenizer):
@@ -241,9 +242,10 @@ def test_pieces_spell_what_they_decode_to(decoding_tokenizer):
     ):
         spelled = b"".join(tok.spelling.pieces[i] for i in ids).decode()
         assert spelled.lstrip(" ") == tok.decode([ids])[0]
-    assert not set(tok.spelling.allowed(" Zürich".encode()).tolist()) & set(byte.values()) - {
-        byte[0x20]
-    }
+    # Nor is any of these bytes a word start: <0x20> spells " ", but it decodes as a space of
+    # its own, not as a word's start (the tail " á" came out as " á bike.").
+    for tail in (" Zürich", " á", " "):
+        assert not set(tok.spelling.allowed(tail.encode()).tolist()) & set(byte.values())
 
 
 def test_greedy_search_completes_any_beginning_of_its_own_first_word_as_it_would(

@@ -121,17 +121,21 @@ class Tokenizer:
         """The bytes each piece spells, as it decodes: a byte-fallback piece ("<0xC3>") its byte,
         PAD, UNK, BOS and EOS nothing, any other piece its text with "▁" a space. (Spelled as
         "▁", a word's start would also be spelled by the byte pieces of "▁", E2 96 81, which
-        decode to the character "▁" itself: "A▁Zürich".)"""
-        sp, pieces = self._sp, []
+        decode to the character "▁" itself: "A▁Zürich".) A byte piece of whitespace ("<0x20>")
+        is blocked from completing a tail: it spells " " as "▁" does, but it is no word start,
+        and decodes as a space of its own (" á bike." for the tail " á", "A  dog")."""
+        sp, pieces, blocked = self._sp, [], []
         for i in range(sp.get_piece_size()):
             piece = sp.id_to_piece(i)
             if sp.is_control(i) or sp.is_unknown(i):
                 pieces.append(b"")
             elif sp.is_byte(i):
                 pieces.append(bytes([int(piece[3:-1], 16)]))
+                if pieces[-1].isspace():
+                    blocked.append(i)
             else:
                 pieces.append(piece.replace("▁", " ").encode())
-        return Spelling(pieces)
+        return Spelling(pieces, blocked)
 
     def split_prefix(self, ids: list[int], ends_word: bool) -> tuple[list[int], bytes]:
         """A prefix's pieces -> (the pieces of its complete words, its tail): the bytes of its
