@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 # Inside the package, so that an installed (non-editable) copy finds it too; the repository's
 # data/multi30k links here.
 BUNDLED_MULTI30K = Path(__file__).resolve().parent / "multi30k"
+# A single corpus file's validation part: 5% of its pairs, at most 1,000 (Multi30k's val has
+# 1,014), at least one.
+HELD_OUT_SHARE, HELD_OUT_MAX = 0.05, 1000
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,9 @@ class TranslationDataModule(L.LightningDataModule):
     ):
         """
         Args:
-            data_dir: folder with `<split>.<lang>[.gz]` files, or a .jsonl/.tsv file; default:
-                the Multi30k copy bundled with the repository.
+            data_dir: folder with `<split>.<lang>[.gz]` files, or a .jsonl/.tsv file (whose
+                validation part is held out: 5% of its pairs, at most 1,000, seeded by `seed`);
+                default: the Multi30k copy bundled with the repository.
             hf_dataset: a Hugging Face hub dataset name, used instead of `data_dir`
                 (e.g. `bentrevett/multi30k`, or `wmt14` with `hf_config: de-en`).
             vocab_size: SentencePiece vocabulary size (one joint model when `joint_vocab`).
@@ -107,19 +111,36 @@ class TranslationDataModule(L.LightningDataModule):
             return self.hparams.joint_vocab
         return self.src_tokenizer.model_proto == self.tgt_tokenizer.model_proto
 
-    def _load(self, split: str, lines: int | None):
+    def _load(self):
+        """-> the training and validation pairs, each cut to data.train_lines / val_lines."""
         hp = self.hparams
-        corpus = load_corpus(self.source, split, hp.src_lang, hp.tgt_lang, hub_config=hp.hf_config)
-        if lines is not None:
-            corpus = corpus.select(range(min(lines, len(corpus))))
-        return corpus
+        if Path(self.source).expanduser().is_file():
+            # One .jsonl/.tsv file is the whole corpus: validating on it would score pairs the
+            # model trained on. A seeded part is held out instead, as Hugging Face's examples do.
+            corpus = load_corpus(self.source, hp.train_split, hp.src_lang, hp.tgt_lang)
+            if len(corpus) < 2:
+                raise CorpusError(
+                    f"{self.source}: {len(corpus)} sentence pair(s); a single file needs at least "
+                    "2, one held out for validation"
+                )
+            held_out = min(HELD_OUT_MAX, max(1, round(len(corpus) * HELD_OUT_SHARE)))
+            parts = corpus.train_test_split(test_size=held_out, seed=hp.seed)
+            train, val = parts["train"], parts["test"]
+        else:
+            train, val = (
+                load_corpus(self.source, split, hp.src_lang, hp.tgt_lang, hub_config=hp.hf_config)
+                for split in (hp.train_split, hp.val_split)
+            )
+        return tuple(
+            corpus if lines is None else corpus.select(range(min(lines, len(corpus))))
+            for corpus, lines in ((train, hp.train_lines), (val, hp.val_lines))
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.task is not None:
             return
         hp = self.hparams
-        train = self._load(hp.train_split, hp.train_lines)
-        val = self._load(hp.val_split, hp.val_lines)
+        train, val = self._load()
         # SentencePiece training is deterministic, so every DDP rank builds the same model.
         if self.src_tokenizer is not None:
             log.info("data: using the given SentencePiece models (not training new ones)")

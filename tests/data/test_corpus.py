@@ -15,6 +15,7 @@ from seq2seq.data.corpus import (
     load_corpus,
     read_lines,
 )
+from seq2seq.data.datamodule import TranslationDataModule
 
 MULTI30K = Path(__file__).resolve().parents[2] / "data" / "multi30k"
 
@@ -223,6 +224,27 @@ def test_tsv(tmp_path):
     path = write(tmp_path / "pairs.tsv.gz", ["ein Hund\ta dog", "eine Katze \t a cat"])
     corpus = load_corpus(path, "train", "de", "en")
     assert corpus.to_dict() == {"src": ["ein Hund", "eine Katze"], "tgt": ["a dog", "a cat"]}
+
+
+def test_a_single_file_holds_out_its_validation_pairs(tmp_path, sample):
+    """Validating on the training file itself would score pairs the model learned."""
+    lines = [f"{de}\t{en}" for de, en in zip(sample["de"], sample["en"], strict=True)]
+    path = write(tmp_path / "pairs.tsv", lines)
+
+    def split(seed: int) -> tuple[int, list[str]]:
+        data = TranslationDataModule(data_dir=str(path), vocab_size=450, seed=seed)
+        data.setup("fit")
+        return len(data.train_examples), data.task.val_sources
+
+    trained, held_out = split(7)
+    # 5% of 300 held out, none trained on (a few long pairs are filtered out of training).
+    assert len(held_out) == 15 and 280 <= trained <= 285
+    assert set(held_out) <= {clean(line) for line in sample["de"]}
+    assert split(7)[1] == held_out != split(8)[1]  # seeded
+    one = write(tmp_path / "one.tsv", ["eins\tone"])
+    with pytest.raises(CorpusError) as excinfo:
+        TranslationDataModule(data_dir=str(one)).setup("fit")
+    assert f"{one}: 1 sentence pair(s); a single file needs at least 2" in error(excinfo)
 
 
 @pytest.mark.parametrize("line", ["no tab here", "one\ttwo\tthree"])
