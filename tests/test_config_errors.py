@@ -31,6 +31,10 @@ CASES = {
     "wrong type in the YAML": ({"data": {"max_tokens": "lots"}}, "data.max_tokens"),
     "hidden size 0": (["--model.decoder_hidden_size", "0"], "model.decoder_hidden_size"),
     "negative attention": (["--model.attention_size", "-4"], "model.attention_size"),
+    "a million layers": (  # building them would take hours
+        ["--model.encoder_layers", "1000000"], "model.encoder_layers must be at most 100"
+    ),
+    "a size past 2**31 - 1": ({"model": {"embedding_size": 2**40}}, "model.embedding_size"),
     "dropout 1.5": (["--model.dropout", "1.5"], "model.dropout"),
     "learning rate 0": (["--model.lr", "0"], "model.lr"),
     # YAML's .inf and .nan are floats (the command line's "inf" is a string, refused as one).
