@@ -221,8 +221,17 @@ class TranslationModule(L.LightningModule):
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         warmup = self.config.warmup_steps
         if warmup and self.global_step < warmup:
+            ramp = (self.global_step + 1) / warmup
             for group in self.optimizers().param_groups:
-                group["lr"] = self.config.lr * (self.global_step + 1) / warmup
+                # The ramp scales the rate it ramps to, kept in the group (so in last.ckpt),
+                # not config.lr: a validation inside the warm-up may have had ReduceLROnPlateau
+                # cut group["lr"], and that cut must hold. A cut shows as group["lr"] no longer
+                # being what the last ramp set. Idempotent within a step (accumulation).
+                target = group.setdefault("warmup_target", self.config.lr)
+                if "warmup_ramp" in group and group["lr"] != target * group["warmup_ramp"]:
+                    group["warmup_target"] = target = group["lr"] / group["warmup_ramp"]
+                group["warmup_ramp"] = ramp
+                group["lr"] = target * ramp
 
     def on_train_epoch_start(self) -> None:
         self._last_step_end = None

@@ -178,7 +178,8 @@ def check_counts(trainer) -> None:
             f"got {interval}"
         )
     accumulate = trainer.accumulate_grad_batches
-    if isinstance(interval, int) and interval % accumulate:
+    validates = trainer.limit_val_batches != 0  # None: Lightning's default, every batch
+    if validates and isinstance(interval, int) and interval % accumulate:
         # last.ckpt is saved after each validation; one inside an accumulation window would
         # leave out the gradients summed so far, and the resumed run would differ.
         raise ValueError(
