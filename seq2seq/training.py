@@ -120,6 +120,7 @@ class TranslationModule(L.LightningModule):
         self._last_step_end: float | None = None
         self._val_hyps: dict[int, str] = {}
         self._val_loss = torch.zeros(2, dtype=torch.float64)  # summed NLL, target tokens
+        self._resumed_lr: float | None = None  # model.lr of the run a checkpoint resumes
 
     # ----------------------------------------------------------------- model and data
     def configure_model(self) -> None:
@@ -176,6 +177,7 @@ class TranslationModule(L.LightningModule):
                     "from the data; resume with the checkpoint's (seq2seq-train does) or start "
                     "a new run"
                 )
+        self._resumed_lr = checkpoint.get("hyper_parameters", {}).get("lr")
         rng = checkpoint.get("rng_state")
         if rng:
             torch.set_rng_state(rng["torch"])
@@ -232,6 +234,22 @@ class TranslationModule(L.LightningModule):
                     group["warmup_target"] = target = group["lr"] / group["warmup_ramp"]
                 group["warmup_ramp"] = ramp
                 group["lr"] = target * ramp
+
+    def on_train_start(self) -> None:
+        """On resume, the config's optimisation settings replace those Lightning restored with
+        the optimizer and the scheduler (they may change on resume): a new `model.lr` scales the
+        rate the run had reached, keeping its warm-up and its plateau cuts."""
+        if self._resumed_lr is None:
+            return
+        hp, scale = self.config, self.config.lr / self._resumed_lr
+        for group in self.optimizers().param_groups:
+            group["lr"] *= scale
+            group["weight_decay"] = hp.weight_decay
+            if "warmup_target" in group:
+                group["warmup_target"] *= scale
+        plateau = self.lr_schedulers()
+        plateau.factor, plateau.patience = hp.lr_reduce_factor, hp.lr_patience
+        plateau.min_lrs = [hp.min_lr] * len(plateau.min_lrs)
 
     def on_train_epoch_start(self) -> None:
         self._last_step_end = None

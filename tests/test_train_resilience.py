@@ -227,12 +227,13 @@ class SigtermInValidation(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def fit_tiny(root: Path, lr_patience: int, *callbacks, ckpt_path=None, **limits) -> dict:
+def fit_tiny(root: Path, lr_patience: int, *callbacks, ckpt_path=None, lr=None, **limits) -> dict:
     """The tiny config on 400 sentences (13 steps an epoch), validated once an epoch, with the
     recipes' callbacks; -> the trainer's state when fit returns."""
     settings = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     settings["data"]["train_lines"] = 400
     settings["model"].update(lr_patience=lr_patience, val_max_len_b=20)
+    settings["model"]["lr"] = lr or settings["model"]["lr"]
     L.seed_everything(1234)
     ranking = ModelCheckpoint(monitor="val/bleu", mode="max", save_top_k=2,
                               filename="best-{step}", save_on_train_epoch_end=False)
@@ -334,3 +335,13 @@ def test_a_stop_mid_validation_resumes_with_that_validation(tmp_path):
     assert sorted(resumed["loss"]) == list(range(14, 27))
     for step, loss in resumed["loss"].items():
         assert loss == pytest.approx(straight["loss"][step], abs=1e-6), step
+
+
+def test_a_resume_takes_the_configs_learning_rate_and_schedule(tmp_path):
+    """Lightning restores the optimizer's and the scheduler's settings with their state; the
+    config's replace them, as the README says they may change on resume."""
+    stopped = fit_tiny(tmp_path, 1, max_steps=17, max_epochs=3)
+    lr = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())["model"]["lr"]
+    resumed = fit_tiny(tmp_path, 3, ckpt_path="last", lr=lr / 2, max_steps=18, max_epochs=3)
+    assert resumed["lr"] == pytest.approx(stopped["lr"] / 2)  # any plateau cut kept
+    assert (resumed["scheduler"]["patience"], stopped["scheduler"]["patience"]) == (3, 1)
