@@ -132,8 +132,11 @@ def _read_config(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing from the model folder")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        # utf-8-sig: an editor's byte order mark is skipped, as in every text file we read.
+        config = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        # ValueError: JSONDecodeError, or an integer of more digits than Python converts;
+        # RecursionError: arrays nested deeper than the parser goes (a hostile download).
         raise CheckpointError(f"{path}: not valid JSON ({error_reason(e)})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: not a JSON object")
@@ -238,6 +241,10 @@ def _folder(name: str | os.PathLike, revision: str | None) -> Path:
         if revision is not None:
             raise CheckpointError(f"{name}: a revision applies to hub ids, not to local folders")
         return Path(name)
+    if Path(name).is_file():
+        raise CheckpointError(
+            f"{name}: a checkpoint file, not a model folder (Translator.from_checkpoint reads it)"
+        )
     if not is_hub_id(str(name)):
         raise CheckpointError(f"{name}: no such model folder")
     folder = _download(str(name), revision)

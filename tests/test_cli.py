@@ -242,6 +242,24 @@ def test_decode_prints_its_scores_when_the_output_cannot_be_written(
     assert error.startswith(f"seq2seq-decode: error: --output {unmakeable}: cannot")
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_decode_whose_stdout_fails_is_one_line(decoding_checkpoint, tmp_path):
+    """A full disk behind `> file` is one line; a reader gone (`| head`) ends it quietly."""
+    source = tmp_path / "test.de"
+    source.write_text("Ein Hund läuft.\n")
+    command = [sys.executable, "-m", "seq2seq.commands.decode", "-m", str(decoding_checkpoint),
+               "--src", str(source), "--ref", str(source)]
+    with open("/dev/full", "w") as full:
+        run = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True,
+                             timeout=TIMEOUT)
+    assert run.returncode == 2
+    assert run.stderr.endswith("seq2seq-decode: error: stdout: No space left on device\n")
+    gone = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    gone.stdout.close()  # before anything is written
+    assert gone.wait(TIMEOUT) == 1
+    assert "Traceback" not in gone.stderr.read()
+
+
 def test_bad_checkpoint_exits_2(tmp_path):
     path = tmp_path / "broken.ckpt"
     path.write_bytes(b"not a checkpoint at all")

@@ -12,6 +12,7 @@ import torch
 import yaml
 from huggingface_hub import ModelCard
 
+from seq2seq.commands import average as average_command
 from seq2seq.commands import export, train
 from seq2seq.commands.average import average
 from seq2seq.data.corpus import read_lines
@@ -185,6 +186,16 @@ def test_missing_checkpoint_is_one_line(tmp_path, capsys):
     assert export.main([str(tmp_path / "no.ckpt"), "--output", str(tmp_path / "out")]) == 2
     message = f"seq2seq-export: error: {tmp_path / 'no.ckpt'}: no such checkpoint file\n"
     assert capsys.readouterr().err == message
+
+
+@pytest.mark.parametrize("command", ["export", "average"])
+def test_a_dot_slash_name_stays_a_path(command, tmp_path, capsys, monkeypatch):
+    """Path("./org/model") is "org/model", a hub id: online that would export or average
+    someone's hub model instead of the missing local file."""
+    monkeypatch.chdir(tmp_path)
+    main = export.main if command == "export" else average_command.main
+    assert main(["./org/model", "--output", str(tmp_path / "out.ckpt")]) == 2
+    assert capsys.readouterr().err.endswith(" org/model: no such checkpoint file\n")
 
 
 def test_a_bad_test_set_fails_before_the_folder_is_written(decoding_checkpoint, tmp_path, capsys):

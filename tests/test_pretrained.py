@@ -134,6 +134,14 @@ BAD_FOLDERS = {
     "config not UTF-8": (
         lambda p: (p / CONFIG_FILE).write_bytes(b"\xff\xfe{"), CONFIG_FILE, "not valid JSON"
     ),
+    "config nested past the parser": (  # a hostile download: RecursionError in json
+        lambda p: (p / CONFIG_FILE).write_text("[" * 100_000 + "]" * 100_000), CONFIG_FILE,
+        "not valid JSON",
+    ),
+    "config with a 5,000-digit number": (  # ValueError past Python's int digits limit
+        lambda p: (p / CONFIG_FILE).write_text('{"src_vocab_size": ' + "9" * 5000 + "}"),
+        CONFIG_FILE, "not valid JSON",
+    ),
     "config a list": (lambda p: (p / CONFIG_FILE).write_text("[]"), CONFIG_FILE, "JSON object"),
     "no model_config": (
         lambda p: _edit_config(p, lambda c: c.pop("model_config")), CONFIG_FILE, "model_config"
@@ -253,6 +261,22 @@ def test_bad_folder_is_one_line_naming_the_file(copy, case):
     assert "\n" not in message
     assert message.startswith(f"{copy / file_name}: "), message
     assert words in message, message
+
+
+def test_a_config_json_with_a_byte_order_mark_loads(copy, folder):
+    """Notepad writes one when a user edits config.json; every other text file skips it."""
+    config = copy / CONFIG_FILE
+    config.write_bytes(b"\xef\xbb\xbf" + config.read_bytes())
+    assert load_model(copy).model.config == load_model(folder).model.config
+
+
+def test_from_pretrained_on_a_checkpoint_file_says_what_it_is(decoding_checkpoint):
+    with pytest.raises(CheckpointError) as error:
+        Translator.from_pretrained(decoding_checkpoint)
+    assert str(error.value) == (
+        f"{decoding_checkpoint}: a checkpoint file, not a model folder "
+        "(Translator.from_checkpoint reads it)"
+    )
 
 
 def test_header_is_checked_before_the_data_is_read(copy, monkeypatch):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from seq2seq.arguments import OneLineErrorParser, non_empty_path, positive_int
+from seq2seq.arguments import OneLineErrorParser, non_empty, positive_int
 from seq2seq.checkpoint import (
     CheckpointError,
     LoadedModel,
@@ -51,7 +51,7 @@ def _check_same(first_path: Path, first: LoadedModel, path: Path, other: LoadedM
             )
 
 
-def average(paths: Sequence[Path]) -> LoadedModel:
+def average(paths: Sequence[str | Path]) -> LoadedModel:
     """The first checkpoint with every floating-point tensor replaced by the mean over all (and
     the first checkpoint's config, dropouts included).
 
@@ -107,7 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("checkpoints", nargs="*", type=non_empty_path, metavar="CKPT")
+    # Strings, not Paths: Path("./x") drops the "./" that keeps a name shaped like a hub id
+    # ("./org/model") a local path.
+    parser.add_argument("checkpoints", nargs="*", type=non_empty, metavar="CKPT")
     parser.add_argument(
         "--last", type=positive_int, metavar="N", help="the N newest checkpoints in --dir"
     )

@@ -33,6 +33,7 @@ from seq2seq.cli import (
     open_translator,
     output_text,
     read_prefixes,
+    reader_gone,
     search_options,
     worker_stopped,
 )
@@ -126,6 +127,18 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:  # the scores below are still worth printing
             write_error = f"--output {args.output}: {e.strerror or e}"
 
+    try:
+        _report(args, sources, hypotheses, references, seconds)
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        return reader_gone()
+    except OSError as e:  # a full disk behind `> file`
+        return _fail(f"stdout: {e.strerror or e}")
+    return _fail(write_error) if write_error else 0
+
+
+def _report(args, sources: list[str], hypotheses: list[str], references: list[str],
+            seconds: float) -> None:
+    """The scores, the speed and, with --prefix-words, the next-word share, on stdout."""
     scores = corpus_scores(hypotheses, references)
     labels = (("bleu", "BLEU"), ("chrf", "chrF"), ("ter", "TER"), ("bleu_lc", "BLEU lowercased"))
     for name, label in labels:
@@ -143,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         timing = {"sentences": len(sources), "seconds": round(seconds, 3)}
         print(json.dumps({**scores, **timing, **prefixed}))
-    return _fail(write_error) if write_error else 0
+    sys.stdout.flush()  # here, where a failed write is caught, not at exit
 
 
 def prefixes(references: list[str], words: int | None, chars: int = 0) -> list[str] | None:

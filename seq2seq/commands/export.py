@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from seq2seq import model_card
-from seq2seq.arguments import OneLineErrorParser, non_empty_path, one_line
+from seq2seq.arguments import OneLineErrorParser, non_empty, non_empty_path, one_line
 from seq2seq.checkpoint import CheckpointError, load_model, read_checkpoint
 from seq2seq.cli import check_search_flags, output_text
 from seq2seq.commands.average import average
@@ -42,13 +42,14 @@ RUN_CONFIG = "config.yaml"  # what Lightning's CLI writes into a run folder
 PROG = "seq2seq-export"  # its console script's name, in every message
 
 
-def training_config(path: Path) -> dict | None:
+def training_config(path: str | Path) -> dict | None:
     """The configuration a training checkpoint came from: the run's config.yaml beside its
     checkpoints/ folder (everything: trainer, model, data), else what the checkpoint itself
     keeps (model and data arguments); None for a file written by checkpoint.save_model. A
     model folder or hub id passes on what its config.json keeps."""
     if is_pretrained(path):
         return read_training_config(path)
+    path = Path(path)
     run_config = path.parent.parent / RUN_CONFIG
     if path.parent.name == "checkpoints" and run_config.is_file():
         try:
@@ -79,7 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "checkpoints", nargs="+", type=non_empty_path, metavar="CKPT",
+        # Strings, not Paths: Path("./x") drops the "./" that keeps a name shaped like a hub id
+        # ("./org/model") a local path.
+        "checkpoints", nargs="+", type=non_empty, metavar="CKPT",
         help="checkpoint(s) of one run; several are averaged (as average_checkpoints.py does)",
     )
     parser.add_argument("--output", required=True, type=non_empty_path, metavar="DIR")
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         scores, test_name, decoding = _evaluate(args, *test_set) if test_set else (None, "", "")
         parameters = sum(p.numel() for p in loaded.model.parameters())
         card = model_card.render(
-            config, parameters, [p.name for p in paths], scores, test_name, decoding
+            config, parameters, [Path(p).name for p in paths], scores, test_name, decoding
         )
         (args.output / CARD_FILE).write_text(card, encoding="utf-8")
         print(f"exported {' '.join(map(str, paths))} to {args.output}")
