@@ -96,12 +96,18 @@ def check_embedding_sharing(config: ModelConfig, joint_vocab: bool) -> None:
 
 class TranslationModule(L.LightningModule):
     def __init__(
-        self, config: TrainingConfig | None = None, pretrained: LoadedModel | None = None
+        self,
+        config: TrainingConfig | None = None,
+        pretrained: LoadedModel | None = None,
+        init_from: str | None = None,
     ):
         """`pretrained` (`checkpoint.load_model`'s): fine-tune its weights. Its network must be
         `config`'s (`TrainingConfig.with_network_of`), and the data module must tokenize with
-        its SentencePiece models (`use_tokenizers`); by default a new network is trained."""
+        its SentencePiece models (`use_tokenizers`); by default a new network is trained.
+        `init_from` names it in every checkpoint, so that a model card made from a checkpoint
+        copied out of its run folder still names the base model (and its data's terms)."""
         super().__init__()
+        self.init_from = init_from
         self.config = config or TrainingConfig()
         # Plain data in the checkpoint (it is read with weights_only=True), not the dataclass.
         self.save_hyperparameters(asdict(self.config))
@@ -160,6 +166,8 @@ class TranslationModule(L.LightningModule):
         checkpoint["seq2seq"] = make_payload(
             self.model, task.src_tokenizer, task.tgt_tokenizer, task.src_lang, task.tgt_lang
         )
+        if self.init_from is not None:
+            checkpoint["init_from"] = self.init_from
         # Dropout draws from these: a resumed run continues the same random stream.
         checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():

@@ -1,6 +1,7 @@
 """Fine-tuning (`seq2seq-train --init_from MODEL`): a new run that starts from a model's weights,
 SentencePiece models and network, whether the model is a checkpoint, a folder or a hub id."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -156,6 +157,12 @@ def test_fine_tunes_a_folder_and_a_hub_id_and_the_card_names_it(
         name = base_model or f"./{relative}"
         assert f"Fine-tuned from `{name}` with seq2seq by" in card
         assert f"It was fine-tuned from `{name}`, so that model's training data" in card
+    # Copied out of its run folder (no config.yaml beside it), a checkpoint still names it.
+    solo = tmp_path / "solo.ckpt"
+    shutil.copy(last_checkpoint(tmp_path / "hub_run"), solo)
+    assert export.main([str(solo), "--output", str(tmp_path / "solo_export")]) == 0
+    card = (tmp_path / "solo_export" / "README.md").read_text()
+    assert f"It was fine-tuned from `{REPO_ID}`, so that model's training data" in card
 
 
 def test_two_ddp_processes_fine_tune(tmp_path, folder, decoding_checkpoint):

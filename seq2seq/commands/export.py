@@ -68,11 +68,14 @@ def training_config(path: str | Path) -> dict | None:
     if model is None and data is None:
         return None
     hidden = ("_instantiator",)  # Lightning's bookkeeping, not an option
-    return {
+    config = {
         part: {k: v for k, v in dict(values).items() if k not in hidden}
         for part, values in (("model", model), ("data", data))
         if values is not None
     }
+    if "init_from" in checkpoint:  # a fine-tuned run's base model, as its config.yaml has it
+        config["init_from"] = checkpoint["init_from"]
+    return config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

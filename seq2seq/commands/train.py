@@ -88,7 +88,7 @@ class TrainCLI(LightningCLI):
             config, self.replaced = config.with_network_of(self.pretrained.model.config)
             for key, (_, theirs) in self.replaced.items():  # so config.yaml says what ran
                 setattr(self.config.model, key, theirs)
-        self.model = TranslationModule(config, self.pretrained)
+        self.model = TranslationModule(config, self.pretrained, self.config.init_from)
 
 
 def local_or_hub(name: str) -> str:
