@@ -20,6 +20,9 @@ import torch
 from seq2seq.translator import PrefixError, TranslationResult, Translator
 
 AUTO = "auto"  # one process per core, one thread each
+# The most a loaded worker waits for the others to load: the last resort against a worker that
+# died while loading (its peers would otherwise wait for it forever; see TranslatorPool).
+LOAD_WAIT_S = 300
 
 _translator: Translator | None = None  # in a worker: the model it loaded
 _load_error: Exception | None = None  # in a worker: why it has none
@@ -47,8 +50,9 @@ def _start(load: Callable[[], Translator], threads: int, loaded) -> None:
     except Exception as e:  # reported by _ready, as one line in the parent
         _load_error = e
     # Until every worker has loaded: the pool is ready when TranslatorPool() returns, so model
-    # loading is not counted as decoding time.
-    loaded.wait()
+    # loading is not counted as decoding time. A timeout ends this worker, which the executor
+    # then reports as a broken pool.
+    loaded.wait(timeout=LOAD_WAIT_S)
 
 
 def _ready() -> None:
@@ -79,8 +83,12 @@ class TranslatorPool:
             initargs=(load, threads, context.Barrier(processes)),
         )
         try:
-            # One task per process makes the executor start them all now.
-            for future in [self._executor.submit(_ready) for _ in range(processes)]:
+            # One task per process makes the executor start them all now. One more wakes its
+            # manager thread once the last process has started: CPython's submit wakes it just
+            # before it starts a process, so the thread could be watching the processes without
+            # the last one, miss its death while loading, and leave the others at the barrier.
+            tasks = [self._executor.submit(_ready) for _ in range(processes + 1)]
+            for future in tasks:
                 future.result()
         except BaseException:
             self.close()
