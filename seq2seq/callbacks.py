@@ -77,6 +77,7 @@ class LastCheckpoint(Checkpoint):
         self.every_n_steps = every_n_steps
         self._saved_step = -1
         self._interrupted_validation = False  # while on_exception saves a stop mid-validation
+        self._scheduler_steps: list[int] = []  # at the start of the validation under way
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         check_validation_callbacks(trainer.callbacks)
@@ -108,6 +109,9 @@ class LastCheckpoint(Checkpoint):
         ):
             self.save(trainer)
 
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._scheduler_steps = _scheduler_steps(trainer)
+
     def on_validation_end(self, trainer, pl_module) -> None:
         self.save(trainer)
 
@@ -119,7 +123,12 @@ class LastCheckpoint(Checkpoint):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         # After a NonFiniteLossError the weights are sound: the bad batches were skipped.
         if isinstance(exception, KeyboardInterrupt | SIGTERMException | NonFiniteLossError):
-            self._interrupted_validation = trainer.validating
+            # Before its results were applied: once the scheduler has stepped on it (in the
+            # module's on_validation_epoch_end, before ModelCheckpoint and EarlyStopping act),
+            # running it again would count it twice.
+            self._interrupted_validation = trainer.validating and (
+                _scheduler_steps(trainer) == self._scheduler_steps
+            )
             try:
                 self.save(trainer)
             finally:
@@ -138,6 +147,11 @@ class LastCheckpoint(Checkpoint):
         progress["total"] = {"ready": started, "started": started,
                              "processed": started - 1, "completed": started - 1}
         progress["current"] = {"ready": 0, "started": 0, "processed": 0, "completed": 0}
+
+
+def _scheduler_steps(trainer: L.Trainer) -> list[int]:
+    """How many times each learning-rate scheduler has stepped."""
+    return [config.scheduler.last_epoch for config in trainer.lr_scheduler_configs]
 
 
 def check_validation_callbacks(callbacks: list[L.Callback]) -> None:

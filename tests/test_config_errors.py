@@ -54,6 +54,15 @@ CASES = {
     "validation inside an accumulation window": (  # tiny.yaml validates every 15 batches
         ["--trainer.accumulate_grad_batches", "2"], "must be a multiple of"
     ),
+    "validation a fraction of an epoch into an accumulation window": (
+        ["--trainer.accumulate_grad_batches", "2", "--trainer.val_check_interval", "0.5"],
+        "give it in batches (a multiple of 2) or 1.0",
+    ),
+    "validation counted across epochs and accumulation windows": (
+        ["--trainer.accumulate_grad_batches", "3", "--trainer.val_check_interval", "15",
+         "--trainer.check_val_every_n_epoch", "null"],
+        "trainer.check_val_every_n_epoch: null counts validations across epochs",
+    ),
     "validation every 0 epochs": (
         ["--trainer.check_val_every_n_epoch", "0"], "trainer.check_val_every_n_epoch"
     ),
@@ -201,6 +210,15 @@ def test_bad_config_in_a_real_process(tmp_path):
     )
     assert run.returncode == 2, run.stderr[-2000:]
     _assert_one_line_naming(run.stderr, CASES[case][1])
+
+
+def test_a_validation_interval_given_as_a_time_trains(tmp_path, train, monkeypatch):
+    """Lightning takes "DD:HH:MM:SS" too: the count checks must leave it alone."""
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    arguments = _arguments(tmp_path, "hidden size 0")[:2]  # tiny.yaml, one step
+    train.main([*arguments, "--trainer.val_check_interval", "00:00:00:10",
+                "--trainer.enable_progress_bar", "false"])
+    assert list((tmp_path / "run").glob("**/last.ckpt"))
 
 
 def test_a_good_config_still_parses(tmp_path, train, capsys, monkeypatch):

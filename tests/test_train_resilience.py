@@ -13,7 +13,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -227,6 +227,20 @@ class SigtermInValidation(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class InterruptAfterValidation(Checkpoint):
+    """Ctrl-C at the end of the first validation, once the scheduler, EarlyStopping and the
+    checkpoint callbacks have acted on it (Lightning runs Checkpoint callbacks last, in the
+    order given: this one is given last)."""
+
+    def __init__(self):
+        self.sent = False
+
+    def on_validation_end(self, trainer, pl_module):
+        if not self.sent:
+            self.sent = True
+            raise KeyboardInterrupt
+
+
 def fit_tiny(root: Path, lr_patience: int, *callbacks, ckpt_path=None, lr=None, **limits) -> dict:
     """The tiny config on 400 sentences (13 steps an epoch), validated once an epoch, with the
     recipes' callbacks; -> the trainer's state when fit returns."""
@@ -345,3 +359,16 @@ def test_a_resume_takes_the_configs_learning_rate_and_schedule(tmp_path):
     resumed = fit_tiny(tmp_path, 3, ckpt_path="last", lr=lr / 2, max_steps=18, max_epochs=3)
     assert resumed["lr"] == pytest.approx(stopped["lr"] / 2)  # any plateau cut kept
     assert (resumed["scheduler"]["patience"], stopped["scheduler"]["patience"]) == (3, 1)
+
+
+def test_a_stop_after_a_validations_results_does_not_count_it_twice(tmp_path):
+    straight = fit_tiny(tmp_path / "straight", 0, max_epochs=2)
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT after a Ctrl-C
+    try:
+        with pytest.raises(SystemExit):  # Lightning's answer to KeyboardInterrupt
+            fit_tiny(tmp_path / "stopped", 0, InterruptAfterValidation(), max_epochs=2)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    resumed = fit_tiny(tmp_path / "stopped", 0, ckpt_path="last", max_epochs=2)
+    for key in ("step", "best", "wait", "best_score", "scheduler", "lr"):
+        assert resumed[key] == straight[key], key

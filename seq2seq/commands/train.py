@@ -171,21 +171,41 @@ def check_counts(trainer) -> None:
             f"trainer.accumulate_grad_batches must be at least 1, got "
             f"{trainer.accumulate_grad_batches}"
         )
-    interval = trainer.val_check_interval  # steps (int) or a fraction of an epoch (float)
-    if interval is not None and not interval > 0:
+    # Batches (int) or a fraction of an epoch (float); Lightning also takes a time ("00:00:10:00"
+    # or a dict), which has no count to check.
+    interval = trainer.val_check_interval
+    counted = isinstance(interval, int | float) and not isinstance(interval, bool)
+    if counted and not interval > 0:
         raise ValueError(
             f"trainer.val_check_interval must be above 0 (steps, or a fraction of an epoch), "
             f"got {interval}"
         )
     accumulate = trainer.accumulate_grad_batches
     validates = trainer.limit_val_batches != 0  # None: Lightning's default, every batch
-    if validates and isinstance(interval, int) and interval % accumulate:
-        # last.ckpt is saved after each validation; one inside an accumulation window would
-        # leave out the gradients summed so far, and the resumed run would differ.
-        raise ValueError(
-            f"trainer.val_check_interval ({interval} batches) must be a multiple of "
-            f"trainer.accumulate_grad_batches ({accumulate}), for an exact resume"
-        )
+    # last.ckpt is saved after each validation; one inside an accumulation window would leave
+    # out the gradients summed so far, and the resumed run would differ. Windows restart with
+    # each epoch, and an epoch's last batch ends one: validating every N batches of an epoch,
+    # N a multiple of the window, or at the epoch's end, is safe; a fraction below 1 (its batch
+    # count depends on the epoch's) or counting across epochs (check_val_every_n_epoch null) is
+    # not.
+    if validates and accumulate > 1:
+        if isinstance(interval, int) and interval % accumulate:
+            raise ValueError(
+                f"trainer.val_check_interval ({interval} batches) must be a multiple of "
+                f"trainer.accumulate_grad_batches ({accumulate}), for an exact resume"
+            )
+        if isinstance(interval, float) and interval < 1:
+            raise ValueError(
+                f"trainer.val_check_interval {interval}: with trainer.accumulate_grad_batches "
+                f"{accumulate}, give it in batches (a multiple of {accumulate}) or 1.0, for an "
+                "exact resume"
+            )
+        if trainer.check_val_every_n_epoch is None:
+            raise ValueError(
+                f"trainer.check_val_every_n_epoch: null counts validations across epochs, "
+                f"inside accumulation windows of {accumulate}; give a number of epochs, for "
+                "an exact resume"
+            )
     every = trainer.check_val_every_n_epoch  # null: count val_check_interval across epochs
     if every is not None and every < 1:
         raise ValueError(
