@@ -73,7 +73,9 @@ def one_line(value: str) -> str:
 def non_empty(value: str) -> str:
     """A model (checkpoint, folder or hub id) or a file. Not empty: Path("") is the current
     folder, so an empty name (an unset variable in a script) would be read as a model folder,
-    or `seq2seq-export --output ""` would write its README.md over the current folder's."""
+    or `seq2seq-export --output ""` would write its README.md over the current folder's. Kept
+    a str for a model: Path("./org/model") drops the "./" that keeps a name of a hub id's shape
+    a local path."""
     if not value:
         raise argparse.ArgumentTypeError("must not be empty (. is the current folder)")
     return value

@@ -107,8 +107,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    # Strings, not Paths: Path("./x") drops the "./" that keeps a name shaped like a hub id
-    # ("./org/model") a local path.
     parser.add_argument("checkpoints", nargs="*", type=non_empty, metavar="CKPT")
     parser.add_argument(
         "--last", type=positive_int, metavar="N", help="the N newest checkpoints in --dir"

@@ -83,8 +83,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        # Strings, not Paths: Path("./x") drops the "./" that keeps a name shaped like a hub id
-        # ("./org/model") a local path.
         "checkpoints", nargs="+", type=non_empty, metavar="CKPT",
         help="checkpoint(s) of one run; several are averaged (as average_checkpoints.py does)",
     )

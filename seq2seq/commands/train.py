@@ -165,12 +165,12 @@ def main(args: list[str] | None = None) -> None:
 
 def check_counts(trainer) -> None:
     """Raise ValueError for a count Lightning takes at 0 and divides by once training runs
-    (a ZeroDivisionError traceback after the first step)."""
-    if trainer.accumulate_grad_batches < 1:
-        raise ValueError(
-            f"trainer.accumulate_grad_batches must be at least 1, got "
-            f"{trainer.accumulate_grad_batches}"
-        )
+    (a ZeroDivisionError traceback after the first step), or that validates inside a gradient
+    accumulation window (no exact resume)."""
+    accumulate = trainer.accumulate_grad_batches
+    every = trainer.check_val_every_n_epoch  # null: count val_check_interval across epochs
+    if accumulate < 1:
+        raise ValueError(f"trainer.accumulate_grad_batches must be at least 1, got {accumulate}")
     # Batches (int) or a fraction of an epoch (float); Lightning also takes a time ("00:00:10:00"
     # or a dict), which has no count to check.
     interval = trainer.val_check_interval
@@ -180,7 +180,6 @@ def check_counts(trainer) -> None:
             f"trainer.val_check_interval must be above 0 (steps, or a fraction of an epoch), "
             f"got {interval}"
         )
-    accumulate = trainer.accumulate_grad_batches
     validates = trainer.limit_val_batches != 0  # None: Lightning's default, every batch
     # last.ckpt is saved after each validation; one inside an accumulation window would leave
     # out the gradients summed so far, and the resumed run would differ. Windows restart with
@@ -200,13 +199,12 @@ def check_counts(trainer) -> None:
                 f"{accumulate}, give it in batches (a multiple of {accumulate}) or 1.0, for an "
                 "exact resume"
             )
-        if trainer.check_val_every_n_epoch is None:
+        if every is None:
             raise ValueError(
                 f"trainer.check_val_every_n_epoch: null counts validations across epochs, "
                 f"inside accumulation windows of {accumulate}; give a number of epochs, for "
                 "an exact resume"
             )
-    every = trainer.check_val_every_n_epoch  # null: count val_check_interval across epochs
     if every is not None and every < 1:
         raise ValueError(
             f"trainer.check_val_every_n_epoch must be at least 1 (or null), got {every}"
@@ -269,8 +267,8 @@ def check_resumable(path: Path, module: TranslationModule, data: TranslationData
             "or best-*.ckpt that training wrote"
         )
     meta = checkpoint["seq2seq"]
+    saved, src_vocab_size, tgt_vocab_size = read_model_config(path, meta)  # checks the format
     check_languages(f"--ckpt_path {path}", meta["src_lang"], meta["tgt_lang"], data)
-    saved, src_vocab_size, tgt_vocab_size = read_model_config(path, meta)
     configured = module.config.model_config()
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         network = Seq2Seq(configured, src_vocab_size, tgt_vocab_size)  # the run's vocabularies
