@@ -203,7 +203,7 @@ def add_precision_options(parser: argparse.ArgumentParser) -> None:
     precision.add_argument(
         "--bf16",
         action="store_true",
-        help="matrix products in bfloat16 (autocast): fast on GPUs and on CPUs with amx_bf16 "
+        help="weights and matrix products in bfloat16: fast on GPUs and on CPUs with amx_bf16 "
         "or avx512_bf16 in lscpu, slow on others",
     )
 
@@ -226,7 +226,7 @@ def set_precision(translator: Translator, args: argparse.Namespace) -> Translato
         device = translator.device
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ValueError(f"--bf16: {torch.cuda.get_device_name(device)} has no bfloat16")
-        translator.autocast_dtype = torch.bfloat16
+        translator.use_bfloat16()
     return translator
 
 

@@ -46,6 +46,9 @@ SAMPLING_TOPK = 0  # 0: draw from every token
 TEMPERATURE = 1.0  # the model's own probabilities
 SEED = 0
 SAMPLING_DEFAULTS = {"sampling_topk": SAMPLING_TOPK, "temperature": TEMPERATURE, "seed": SEED}
+# `top_candidates` reads rows in chunks of 16 to 64 columns (a divisor of the row width)
+# where its m chunks hold at most a quarter of the row; plain topk otherwise.
+CHUNK_SIZES = range(64, 15, -1)
 
 
 @dataclass
@@ -479,6 +482,29 @@ def _token_by_token(
     return hypotheses
 
 
+def top_candidates(candidates: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """candidates (N, W) -> the m largest of each row (N, m), sorted, and their columns (N, m):
+    the values of `candidates.topk(m, dim=1)`, and its columns but among equal values (which
+    topk orders as it likes anyway), in a third of the time on beam search's wide rows.
+
+    Why: on a CPU topk costs ~0.65 ns a number (a step of 128 sentences x 5 beams x 8,000
+    tokens: 3.3 ms, a seventh of beam search's time in bfloat16), while a max over fixed-size
+    chunks is vectorised. The m largest numbers of a row lie in the m chunks with the largest
+    maxima: a chunk below those has m chunks above it, each holding a larger number than any of
+    its own. So topk runs on the chunk maxima, then on those m chunks' numbers only.
+    """
+    rows, width = candidates.shape
+    chunk = next((c for c in CHUNK_SIZES if width % c == 0 and 4 * m * c <= width), None)
+    if chunk is None:
+        return candidates.topk(m, dim=1)
+    maxima = candidates.view(rows, width // chunk, chunk).amax(2)  # (N, W / c)
+    chunks = maxima.topk(m, dim=1).indices  # (N, m)
+    offsets = torch.arange(chunk, device=candidates.device)  # (c,)
+    columns = (chunks.unsqueeze(2) * chunk + offsets).view(rows, m * chunk)  # (N, m * c)
+    values, picked = candidates.gather(1, columns).topk(m, dim=1)  # (N, m)
+    return values, columns.gather(1, picked)
+
+
 class _Step(NamedTuple):
     """The beams that survive one step, in the next step's row order (N'k,)."""
 
@@ -559,7 +585,7 @@ def beam_search(
         _constrain(log_probs, t, at_max.repeat_interleave(k), min_len, _forced(prefixes, rows, t))
 
         candidates = (beam_scores.view(-1, 1) + log_probs).view(n, k * vocab)  # (N, kV)
-        cand_scores, cand_ids = candidates.topk(2 * k, dim=1)  # (N, 2k)
+        cand_scores, cand_ids = top_candidates(candidates, 2 * k)  # (N, 2k)
         sentence_rows = torch.arange(n, device=device).unsqueeze(1) * k  # (N, 1)
         cand_parents = sentence_rows + cand_ids // vocab  # (N, 2k) rows of this step
         cand_tokens = cand_ids % vocab  # (N, 2k)

@@ -118,8 +118,8 @@ class Translator:
         self.tgt_tokenizer = tgt_tokenizer
         self.src_lang, self.tgt_lang = src_lang, tgt_lang  # e.g. "de", "en"; "" if unknown
         # torch.bfloat16: search runs under autocast, the matrix products in bfloat16 (fast on
-        # GPUs and CPUs with AMX or avx512_bf16); the model keeps float32 weights, states and
-        # log-probabilities. None: float32 throughout.
+        # GPUs and CPUs with AMX or avx512_bf16); states and log-probabilities stay float32, and
+        # so do the weights unless `use_bfloat16` cast them. None: float32 throughout.
         self.autocast_dtype: torch.dtype | None = None
 
     @classmethod
@@ -309,6 +309,18 @@ class Translator:
             for i, hyp in zip(batch, hyps, strict=True):
                 results[i] = self._result(hyp, src_ids[i], truncated=False)
         return results
+
+    def use_bfloat16(self) -> None:
+        """Decode in bfloat16, as --bf16 does: the model's weights cast to bfloat16 once, in
+        place, and the search under bfloat16 autocast (`autocast_dtype`). Autocast alone would
+        cast each weight again at every decoder step: on an AMX Xeon, test2016 beam 5 took 2.97 s
+        with the weights cast once against 3.34 s without (float32: 4.83 s). Layer norms keep
+        float32 parameters: autocast runs them in float32, and their kernel takes one dtype."""
+        self.model.to(torch.bfloat16)
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.float()
+        self.autocast_dtype = torch.bfloat16
 
     def _autocast(self) -> torch.autocast:
         """The search's precision: `autocast_dtype`, or float32 throughout when it is None."""

@@ -1,7 +1,9 @@
 """Decoding below float32. --int8: torchao's dynamic int8 linear layers translate close to
 float32, on a copy of the model; its absence or a GPU is a one-line error. --bf16: search under
-bfloat16 autocast translates close to float32, scores stay float32."""
+bfloat16 autocast translates close to float32, scores stay float32; `use_bfloat16` (what --bf16
+does) also casts the weights, every cell's."""
 
+import copy
 import difflib
 import importlib.util
 import sys
@@ -11,6 +13,8 @@ import torch
 from torch import nn
 
 from seq2seq import cli
+from seq2seq.model import ModelConfig, Seq2Seq
+from seq2seq.model.cells import CELLS
 from seq2seq.quantize import INSTALL_HINT, quantize_int8
 from seq2seq.translator import Translator
 
@@ -109,6 +113,43 @@ def test_bf16_translates_close_to_float32(
     translator.autocast_dtype = None
     again = translator.translate(decoding_val_sources, beam_size=beam_size)
     assert scores(again) == scores(float32)
+
+
+def test_use_bfloat16_casts_the_weights_and_translates_close_to_float32(
+    decoding_model, decoding_tokenizer, decoding_val_sources
+):
+    model = copy.deepcopy(decoding_model)  # use_bfloat16 casts in place
+    translator = Translator(model, decoding_tokenizer, decoding_tokenizer)
+    float32 = translator.translate(decoding_val_sources, beam_size=5)
+    translator.use_bfloat16()
+    assert translator.autocast_dtype == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    bf16 = translator.translate(decoding_val_sources, beam_size=5)
+    assert changed_token_share(float32, bf16) <= MAX_CHANGED_TOKENS
+    scores = [nbest[0].score for nbest in bf16]
+    assert scores != [nbest[0].score for nbest in float32]
+    assert all(isinstance(s, float) and torch.isfinite(torch.tensor(s)) for s in scores)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_use_bfloat16_decodes_every_cell(cell, decoding_tokenizer):
+    # Two layers each side and recurrent dropout: the fused and written-out layers, the
+    # nn.LSTMCell upper layer, and the layer norms' float32 kernel among bfloat16 weights.
+    torch.manual_seed(0)
+    config = ModelConfig(
+        embedding_size=16, encoder_hidden_size=16, encoder_layers=2, decoder_hidden_size=24,
+        decoder_layers=2, attention_size=8, cell=cell, recurrent_dropout=0.0 if cell == "lstm"
+        else 0.2,
+    )
+    vocab = decoding_tokenizer.vocab_size
+    translator = Translator(Seq2Seq(config, vocab, vocab), decoding_tokenizer, decoding_tokenizer)
+    translator.use_bfloat16()
+    norms = [m for m in translator.model.modules() if isinstance(m, nn.LayerNorm)]
+    assert bool(norms) == (cell == "layernorm_lstm")
+    assert all(p.dtype == torch.float32 for m in norms for p in m.parameters())
+    for beam_size in (1, 3):
+        results = translator.translate(["Ein Hund.", "Zwei Männer spielen."], beam_size=beam_size)
+        assert all(torch.isfinite(torch.tensor(nbest[0].score)) for nbest in results)
 
 
 def test_int8_and_bf16_together_is_one_line(capsys):

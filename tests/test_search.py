@@ -14,6 +14,7 @@ from seq2seq.search import (
     greedy_search,
     output_limit,
     ranking_score,
+    top_candidates,
 )
 from seq2seq.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
@@ -277,3 +278,18 @@ def test_a_negative_max_len_b_is_floored_by_min_len():
     check_search_options(max_len_a=0.0, max_len_b=-5.0)
     (hyp,) = greedy_search(TableModel(ENDLESS), *_sources(), max_len_a=0.0, max_len_b=-5.0)
     assert len(hyp.tokens) == 1  # min_len 1: one token, then EOS is forced
+
+
+@pytest.mark.parametrize("width", [40_000, 11_300, 4_099])  # chunks of 64, of 50, plain topk
+def test_top_candidates_are_topk(width):
+    generator = torch.Generator().manual_seed(0)
+    candidates = torch.randn(7, width, generator=generator)
+    candidates[0] = -math.inf  # a sentence with no live beam
+    candidates[1, 5:] = -math.inf  # a forced prefix: fewer finite candidates than m
+    candidates[2] = candidates[2].round(decimals=1)  # many ties
+    candidates[3, -10:] = 9.0  # the best in the last chunk
+    values, columns = top_candidates(candidates, 10)
+    expected, _ = candidates.topk(10, dim=1)
+    assert torch.equal(values, expected)
+    assert torch.equal(candidates.gather(1, columns), values)
+    assert all(len(set(row)) == 10 for row in columns.tolist())
