@@ -31,6 +31,7 @@ from typing import BinaryIO, NoReturn
 import torch
 from tqdm import tqdm
 
+from seq2seq.allocator import keep_freed_memory
 from seq2seq.arguments import OneLineErrorParser, non_empty, positive_int
 from seq2seq.atomic import written_whole
 from seq2seq.checkpoint import CheckpointError
@@ -237,8 +238,11 @@ def search_options(args: argparse.Namespace) -> dict:
 
 def load_translator(args: argparse.Namespace) -> Translator:
     """The parsed models on the parsed device, int8 or bf16 if asked. Raises CheckpointError,
-    or ValueError naming the device, --int8 or --bf16: one line either way."""
+    or ValueError naming the device, --int8 or --bf16: one line either way. Every command
+    that decodes loads its models here, in each --workers process too: the process keeps the
+    memory it frees (`seq2seq.allocator`)."""
     check_precision(args, args.device)
+    keep_freed_memory()
     try:
         translator = Translator.from_checkpoints(
             args.model, device=args.device, combine=args.ensemble_combine

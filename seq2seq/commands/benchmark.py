@@ -53,6 +53,7 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+from seq2seq.allocator import keep_freed_memory
 from seq2seq.arguments import OneLineErrorParser, positive_float, positive_int
 from seq2seq.cli import add_precision_options, check_precision, set_precision
 from seq2seq.commands.train import CONFIGS, DEFAULT_CONFIG, TrainCLI, fail
@@ -584,6 +585,7 @@ def quiet() -> None:
 def main(argv: list[str] | None = None) -> int:
     args, training_options = parse_args(argv)
     quiet()
+    keep_freed_memory()  # as seq2seq-train and the decoding commands do
     started = time.perf_counter()
     result = run(args, training_options)
     if result is None:  # a second training process: the first one reports

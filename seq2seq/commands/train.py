@@ -23,6 +23,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
+from seq2seq.allocator import keep_freed_memory
 from seq2seq.callbacks import check_validation_callbacks
 from seq2seq.checkpoint import (
     CheckpointError,
@@ -112,6 +113,7 @@ def main(args: list[str] | None = None) -> None:
     either way stderr ends with one line `error: ...` that names the key or the file.
     """
     given = sys.argv[1:] if args is None else args
+    keep_freed_memory()  # each step's logits reuse the last one's memory (seq2seq.allocator)
     # Raise instead of printing a usage block, so that the error can be one line.
     parser_kwargs = {"exit_on_error": False}
     if not names_a_config(given):
