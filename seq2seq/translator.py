@@ -263,9 +263,10 @@ class Translator:
             for raw, prefix in zip(prefixes, ids, strict=True)
         ]
 
-    def prefix_steps(self, prefixes: list[str]) -> list[int]:
+    def prefix_steps(self, prefixes: Iterable[str]) -> list[int]:
         """The most output steps each prefix can take: its forced pieces, and a piece for each
         byte of its tail (the search never cuts either)."""
+        prefixes = _listed("prefixes", prefixes, "prefix_steps([prefix])")
         parts = self._prefixes(prefixes, len(prefixes), max_len=sys.maxsize)
         return [len(ids) + len(tail) for ids, tail in parts]
 

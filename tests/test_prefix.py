@@ -166,6 +166,10 @@ def test_translator_prefixes(decoding_model, decoding_tokenizer, decoding_val_so
                                                  prefixes=["Two dogs "])[0]
         ]
     assert translator.prefix_steps(["Two dogs\x00"]) != translator.prefix_steps(["Two dogs "])
+    # Any iterable, as translate takes: a generator is read once.
+    assert translator.prefix_steps(p for p in ["Two dogs", "A"]) == translator.prefix_steps(
+        ["Two dogs", "A"]
+    )
     # An empty source gets the empty result, prefix or not.
     assert translator.translate([""], prefixes=["A"])[0][0].text == ""
 
