@@ -133,13 +133,14 @@ def test_use_bfloat16_casts_the_weights_and_translates_close_to_float32(
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_use_bfloat16_decodes_every_cell(cell, decoding_tokenizer):
-    # Two layers each side and recurrent dropout: the fused and written-out layers, the
-    # nn.LSTMCell upper layer, and the layer norms' float32 kernel among bfloat16 weights.
+    # Two layers each side: the plain LSTM fused (and nn.LSTMCell above the decoder's first
+    # layer), the other cells written out with recurrent dropout, and the layer norms' float32
+    # kernel among bfloat16 weights.
     torch.manual_seed(0)
+    recurrent_dropout = 0.0 if cell == "lstm" else 0.2
     config = ModelConfig(
         embedding_size=16, encoder_hidden_size=16, encoder_layers=2, decoder_hidden_size=24,
-        decoder_layers=2, attention_size=8, cell=cell, recurrent_dropout=0.0 if cell == "lstm"
-        else 0.2,
+        decoder_layers=2, attention_size=8, cell=cell, recurrent_dropout=recurrent_dropout,
     )
     vocab = decoding_tokenizer.vocab_size
     translator = Translator(Seq2Seq(config, vocab, vocab), decoding_tokenizer, decoding_tokenizer)
