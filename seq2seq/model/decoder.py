@@ -138,9 +138,11 @@ class DecoderLSTM(nn.Module):
         context, alphas = self.attention(
             states[-1][0], memory.keys, memory.values, memory.padding_bias
         )
-        x_gates = torch.addmm(emb_gates, context, self.weight_ctx.t())  # (B, G*H)
+        # linear with the parameter itself, not addmm with weight.t(): bf16 autocast casts a
+        # parameter once per forward pass and caches it, but a view such as .t() at every step.
+        x_gates = nn.functional.linear(context, self.weight_ctx, emb_gates)  # (B, G*H)
         h = states[0][0] if h_masks[0] is None else states[0][0] * h_masks[0]
-        new = [self.cell(x_gates, h @ self.weight_hh.t(), states[0])]
+        new = [self.cell(x_gates, nn.functional.linear(h, self.weight_hh), states[0])]
         for upper, state, h_mask in zip(self.upper_layers, states[1:], h_masks[1:], strict=True):
             x = self.layer_dropout(new[-1][0])
             if isinstance(upper, nn.LSTMCell):
