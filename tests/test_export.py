@@ -217,6 +217,8 @@ def test_a_bad_test_set_fails_before_the_folder_is_written(decoding_checkpoint, 
         ("data:\n  data_dir: [a\nmodel: {}\n", "config.yaml:3: not valid YAML (expected ','"),
         ("just a string\n", "config.yaml: not a YAML mapping of options"),
         ("note: 2024-01-01\ndata: 3\n", None),  # a date goes in as its text; data: 3 is no corpus
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", "config.yaml: nested too deeply"),
+        ("a: &x [1, *x]\n", "config.yaml: nested too deeply, or a value holds itself"),
     ],
 )
 def test_a_hand_edited_run_config(decoding_checkpoint, tmp_path, capsys, yaml_text, error):
@@ -236,3 +238,25 @@ def test_a_hand_edited_run_config(decoding_checkpoint, tmp_path, capsys, yaml_te
         message = capsys.readouterr().err
         assert status == 2 and message.count("\n") == 1 and error in message, message
         assert not output.exists()  # refused before anything is written
+
+
+def test_a_run_config_with_what_json_lacks_goes_in_as_text(decoding_checkpoint, tmp_path):
+    """Keys that YAML reads as dates or numbers, NaN, bytes: config.json stays strict JSON."""
+    (tmp_path / "checkpoints").mkdir()
+    checkpoint = tmp_path / "checkpoints" / "best.ckpt"
+    checkpoint.symlink_to(decoding_checkpoint)
+    (tmp_path / "config.yaml").write_text(
+        "2024-01-01: started\n7: seven\nrate: .nan\nlimit: -.inf\nblob: !!binary aGk=\n"
+        "data: {src_lang: de}\n"
+    )
+    output = tmp_path / "model"
+    assert export.main([str(checkpoint), "--output", str(output)]) == 0
+
+    def refuse(constant):
+        raise AssertionError(f"config.json holds {constant}, which strict JSON has not")
+
+    config = json.loads((output / CONFIG_FILE).read_text(), parse_constant=refuse)
+    assert config["training_config"] == {
+        "2024-01-01": "started", "7": "seven", "rate": "nan", "limit": "-inf", "blob": "b'hi'",
+        "data": {"src_lang": "de"},
+    }

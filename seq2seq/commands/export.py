@@ -13,7 +13,7 @@ load it; so do they the hub id once it is pushed.
 """
 
 import argparse
-import json
+import math
 import sys
 from pathlib import Path
 
@@ -53,16 +53,18 @@ def training_config(path: str | Path) -> dict | None:
     run_config = path.parent.parent / RUN_CONFIG
     if path.parent.name == "checkpoints" and run_config.is_file():
         try:
-            config = yaml.safe_load(run_config.read_text(encoding="utf-8"))
+            config = _strict_json(yaml.safe_load(run_config.read_text(encoding="utf-8")))
         except yaml.MarkedYAMLError as e:  # its str() spans lines: the problem, and its line
             line = f":{e.problem_mark.line + 1}" if e.problem_mark else ""
             raise CheckpointError(f"{run_config}{line}: not valid YAML ({e.problem})") from None
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{run_config}: not valid YAML ({first_line(e)})") from None
+        except RecursionError:  # both recurse once per level; a YAML alias may hold itself
+            message = f"{run_config}: nested too deeply, or a value holds itself"
+            raise CheckpointError(message) from None
         if not isinstance(config, dict):
             raise CheckpointError(f"{run_config}: not a YAML mapping of options")
-        # config.json is JSON: a value YAML reads as a date (or bytes) goes in as its text.
-        return json.loads(json.dumps(config, default=str))
+        return config
     checkpoint = read_checkpoint(path, "cpu", mmap=True)
     model, data = checkpoint.get("hyper_parameters"), checkpoint.get("datamodule_hyper_parameters")
     if model is None and data is None:
@@ -76,6 +78,20 @@ def training_config(path: str | Path) -> dict | None:
     if "init_from" in checkpoint:  # a fine-tuned run's base model, as its config.yaml has it
         config["init_from"] = checkpoint["init_from"]
     return config
+
+
+def _strict_json(value):
+    """A YAML value as config.json (strict JSON) can hold it: keys become strings, and what JSON
+    has no type for (a date, bytes, NaN or an infinity) becomes its text."""
+    if isinstance(value, dict):
+        return {str(key): _strict_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_strict_json(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float)):  # bool is an int
+        return value
+    return str(value)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
