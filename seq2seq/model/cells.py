@@ -233,7 +233,7 @@ class CellLayer(nn.Module):
     ) -> State:
         """x_gates (B, G*H) from `input_gates`, state of (B, H) tensors -> the next state."""
         h = state[0] if h_mask is None else state[0] * h_mask
-        # linear, not h @ weight.t(): see DecoderLSTM._step (autocast casts the weight once)
+        # linear, not h @ weight.t(): see DecoderLSTM._step (training's autocast casts it once)
         return self.cell(x_gates, nn.functional.linear(h, self.weight_hh), state)
 
     def forward(

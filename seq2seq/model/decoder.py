@@ -138,8 +138,9 @@ class DecoderLSTM(nn.Module):
         context, alphas = self.attention(
             states[-1][0], memory.keys, memory.values, memory.padding_bias
         )
-        # linear with the parameter itself, not addmm with weight.t(): bf16 autocast casts a
-        # parameter once per forward pass and caches it, but a view such as .t() at every step.
+        # linear with the parameter itself, not addmm with weight.t(): in training, bf16
+        # autocast casts a parameter once per forward pass and caches it, but a view such as
+        # .t() at every step. (Search caches nothing: Translator.use_bfloat16 casts the weights.)
         x_gates = nn.functional.linear(context, self.weight_ctx, emb_gates)  # (B, G*H)
         h = states[0][0] if h_masks[0] is None else states[0][0] * h_masks[0]
         new = [self.cell(x_gates, nn.functional.linear(h, self.weight_hh), states[0])]
